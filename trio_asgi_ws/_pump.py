@@ -1,0 +1,227 @@
+"""The receive pump: keeps ASGI ``receive()`` drained while a structured handler is busy elsewhere.
+
+Theory of operation
+-------------------
+Only one task may wait in ASGI ``receive()`` at a time; it is the *reader*.  There are two
+candidates, the handler (inside ``WebSocket.receive``) and the pump task, and the reader role
+moves between them:
+
+* **Handler reads directly (fast path).**  While the handler keeps coming back to ``receive()``,
+  it calls the server's ``receive()`` itself.  No extra task switch, no channel hop: the cost per
+  message is a couple of attribute updates.
+* **The pump takes over.**  Each time the handler leaves ``receive()`` it *arms* a deadline
+  ``takeover_delay`` seconds ahead (only if none is armed, so a busy handler costs nothing).  When
+  the deadline passes, the pump looks: if the handler is reading, or has read since the deadline
+  was armed, it re-arms or disarms and goes back to sleep; if the handler has stayed away from
+  ``receive()`` for a whole ``takeover_delay``, the pump becomes the reader and moves messages
+  into a bounded trio memory channel.  A handler that only sends therefore learns of a
+  disconnect within about ``2 * takeover_delay``.
+* **The handler takes the role back.**  When the handler calls ``receive()`` while the pump is
+  the reader, it first drains what the pump buffered (in order), then cancels the pump's pending
+  ``receive()`` (trio memory channels, which hypercorn and our test driver use, lose nothing when
+  a receive is cancelled) and waits for the pump's ``_HANDOVER`` marker, after which it reads
+  directly again.
+
+Bounds: the pump buffers at most ``max_messages`` data messages and ``max_bytes`` of payload (a
+single message larger than ``max_bytes`` is still accepted into an empty buffer).  When a message
+arrives that does not fit, the pump stops reading and reports *overflow*; the WebSocket then
+closes the connection with 1008 (policy violation) so the client learns its messages were not
+processed.  Nothing is dropped silently and memory stays bounded; the pump never blocks on a full
+buffer, so a client that floods and then leaves can never leave a send-only handler hanging.
+
+On disconnect the pump calls ``on_disconnect`` (which records the code and cancels the handler's
+structured block), queues the disconnect message behind any buffered data, and exits.  The pump
+never calls ``send()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Final
+
+import trio
+
+from ._types import Message, Receive
+
+__all__ = ["ReceivePump"]
+
+_HANDOVER: Final[Message] = {"type": "trio_asgi_ws.handover"}
+"""Queued by the pump when it gives the reader role back to a waiting handler."""
+
+# Channel slots beyond ``max_messages``: one for a stale handover marker, one for the disconnect.
+_CONTROL_SLOTS: Final = 2
+
+
+def _payload_size(message: Message) -> int:
+    data = message.get("bytes")
+    if data is None:
+        data = message.get("text")
+    return len(data) if data is not None else 0
+
+
+class ReceivePump:
+    """Moves the reader role for one connection between its handler and a background task."""
+
+    def __init__(
+        self,
+        receive: Receive,
+        *,
+        on_disconnect: Callable[[Message], None],
+        on_overflow: Callable[[], None],
+        max_messages: int,
+        max_bytes: int,
+        takeover_delay: float,
+    ) -> None:
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, got {max_messages!r}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes!r}")
+        if not takeover_delay >= 0:
+            raise ValueError(f"takeover_delay must be >= 0 seconds, got {takeover_delay!r}")
+        self._receive = receive
+        self._on_disconnect = on_disconnect
+        self._on_overflow = on_overflow
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._takeover_delay = takeover_delay
+        self._send_channel, self._receive_channel = trio.open_memory_channel[Message](
+            max_messages + _CONTROL_SLOTS
+        )
+        self._queued = 0  # items in the channel, control markers included
+        self._queued_data = 0  # data messages in the channel
+        self._queued_bytes = 0
+        # Reader role.
+        self._handler_reading = False
+        self._handler_waiting = False
+        self._pump_reading = False
+        self._handback_requested = False
+        self._read_scope: trio.CancelScope | None = None
+        # Takeover deadline.
+        self._receives = 0
+        self._armed = False
+        self._armed_at_receives = 0
+        self._deadline = math.inf
+        self._sleep_scope: trio.CancelScope | None = None
+        self._stopped = False
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """Data messages and payload bytes waiting in the buffer."""
+        return self._queued_data, self._queued_bytes
+
+    # -- handler side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin watching the handler: called once the connection is accepted."""
+        self._arm()
+
+    async def receive(self) -> Message:
+        """Return the next ASGI message, from the buffer or straight from the server."""
+        if self._queued or self._pump_reading:
+            return await self._receive_via_pump()
+        self._handler_reading = True
+        try:
+            return await self._receive()
+        finally:
+            self._handler_reading = False
+            self._receives += 1
+            if not self._armed:
+                self._arm()
+
+    async def _receive_via_pump(self) -> Message:
+        while True:
+            if not self._queued and self._pump_reading:
+                self._handback_requested = True
+                if self._read_scope is not None:
+                    self._read_scope.cancel()
+            self._handler_waiting = True
+            try:
+                message = await self._receive_channel.receive()
+            finally:
+                self._handler_waiting = False
+            self._queued -= 1
+            if message is not _HANDOVER:
+                if message["type"] == "websocket.receive":
+                    self._queued_data -= 1
+                    self._queued_bytes -= _payload_size(message)
+                return message
+            if not (self._queued or self._pump_reading):
+                return await self.receive()
+
+    def _arm(self) -> None:
+        self._armed = True
+        self._armed_at_receives = self._receives
+        self._deadline = trio.current_time() + self._takeover_delay
+        if self._sleep_scope is not None:
+            self._sleep_scope.deadline = self._deadline
+
+    # -- pump side --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The pump task: wait until the handler looks away, then read for it."""
+        while not self._stopped:
+            await self._wait_for_idle_handler()
+            await self._read_while_handler_away()
+
+    async def _wait_for_idle_handler(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self._deadline) as self._sleep_scope:
+                await trio.sleep_forever()
+            self._sleep_scope = None
+            if self._handler_reading or self._handler_waiting:
+                if self._receives == self._armed_at_receives:
+                    self._disarm()  # idle in receive(): sleep until it leaves again
+                else:
+                    self._arm()  # busy: look again later
+            elif self._receives != self._armed_at_receives:
+                self._arm()  # it read recently: give it a full delay
+            else:
+                self._disarm()
+                return
+
+    def _disarm(self) -> None:
+        self._armed = False
+        self._deadline = math.inf
+
+    async def _read_while_handler_away(self) -> None:
+        self._pump_reading = True
+        try:
+            while not self._handback_requested:
+                message: Message | None = None
+                with trio.CancelScope() as self._read_scope:
+                    message = await self._receive()
+                self._read_scope = None
+                if message is None:  # the handler cancelled our read to take the role back
+                    break
+                if not self._deliver(message):
+                    self._stopped = True
+                    return
+        finally:
+            self._pump_reading = False
+            self._read_scope = None
+        self._handback_requested = False
+        if self._handler_waiting:
+            self._enqueue(_HANDOVER)
+
+    def _deliver(self, message: Message) -> bool:
+        """Queue one message from the server; return False when the pump must stop."""
+        if message["type"] == "websocket.disconnect":
+            self._on_disconnect(message)
+            self._enqueue(message)
+            return False
+        if message["type"] == "websocket.receive":
+            size = _payload_size(message)
+            if self._queued_data >= self._max_messages or (
+                self._queued_data and self._queued_bytes + size > self._max_bytes
+            ):
+                self._on_overflow()
+                return False
+            self._queued_data += 1
+            self._queued_bytes += size
+        self._enqueue(message)
+        return True
+
+    def _enqueue(self, message: Message) -> None:
+        self._queued += 1
+        self._send_channel.send_nowait(message)
