@@ -29,9 +29,14 @@ closes the connection with 1008 (policy violation) so the client learns its mess
 processed.  Nothing is dropped silently and memory stays bounded; the pump never blocks on a full
 buffer, so a client that floods and then leaves can never leave a send-only handler hanging.
 
-On disconnect the pump calls ``on_disconnect`` (which records the code and cancels the handler's
-structured block), queues the disconnect message behind any buffered data, and exits.  The pump
-never calls ``send()``.
+On disconnect the pump calls ``on_disconnect`` (which records the code, so sends fail from then
+on, and sets the ``disconnected`` event) and queues the disconnect message behind any buffered
+data.  Then it ends the handler's block through ``on_gone``: at once if nothing is buffered;
+otherwise only when the handler has either read its way to the disconnect message (the
+``WebSocket`` ends the block itself then) or stayed away from ``receive()`` for ``linger``
+seconds.  So a reading handler, even a slow one, still gets every message the client sent before
+it left, and a send-only handler still stops promptly (its next send raises, too).  The pump never
+calls ``send()``.
 """
 
 from __future__ import annotations
@@ -68,10 +73,12 @@ class ReceivePump:
         receive: Receive,
         *,
         on_disconnect: Callable[[Message], None],
+        on_gone: Callable[[], None],
         on_overflow: Callable[[], None],
         max_messages: int,
         max_bytes: int,
         takeover_delay: float,
+        linger: float,
     ) -> None:
         if max_messages < 1:
             raise ValueError(f"max_messages must be at least 1, got {max_messages!r}")
@@ -81,10 +88,12 @@ class ReceivePump:
             raise ValueError(f"takeover_delay must be >= 0 seconds, got {takeover_delay!r}")
         self._receive = receive
         self._on_disconnect = on_disconnect
+        self._on_gone = on_gone
         self._on_overflow = on_overflow
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._takeover_delay = takeover_delay
+        self._linger = linger
         self._send_channel, self._receive_channel = trio.open_memory_channel[Message](
             max_messages + _CONTROL_SLOTS
         )
@@ -103,7 +112,6 @@ class ReceivePump:
         self._armed_at_receives = 0
         self._deadline = math.inf
         self._sleep_scope: trio.CancelScope | None = None
-        self._stopped = False
 
     @property
     def buffered(self) -> tuple[int, int]:
@@ -141,6 +149,9 @@ class ReceivePump:
             finally:
                 self._handler_waiting = False
             self._queued -= 1
+            self._receives += 1
+            if not self._armed:
+                self._arm()
             if message is not _HANDOVER:
                 if message["type"] == "websocket.receive":
                     self._queued_data -= 1
@@ -160,9 +171,17 @@ class ReceivePump:
 
     async def run(self) -> None:
         """The pump task: wait until the handler looks away, then read for it."""
-        while not self._stopped:
+        while True:
             await self._wait_for_idle_handler()
-            await self._read_while_handler_away()
+            final = await self._read_while_handler_away()
+            if final is not None:
+                break
+        if final["type"] == "websocket.disconnect":
+            if self._queued_data:  # let a reading handler have what the client sent first
+                self._takeover_delay = self._linger
+                self._arm()
+                await self._wait_for_idle_handler()
+            self._on_gone()
 
     async def _wait_for_idle_handler(self) -> None:
         while True:
@@ -184,7 +203,8 @@ class ReceivePump:
         self._armed = False
         self._deadline = math.inf
 
-    async def _read_while_handler_away(self) -> None:
+    async def _read_while_handler_away(self) -> Message | None:
+        """Read until the handler wants the role back; return the message that ended reading."""
         self._pump_reading = True
         try:
             while not self._handback_requested:
@@ -195,14 +215,14 @@ class ReceivePump:
                 if message is None:  # the handler cancelled our read to take the role back
                     break
                 if not self._deliver(message):
-                    self._stopped = True
-                    return
+                    return message
         finally:
             self._pump_reading = False
             self._read_scope = None
         self._handback_requested = False
         if self._handler_waiting:
             self._enqueue(_HANDOVER)
+        return None
 
     def _deliver(self, message: Message) -> bool:
         """Queue one message from the server; return False when the pump must stop."""

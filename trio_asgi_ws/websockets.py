@@ -162,9 +162,12 @@ class WebSocket(Mapping[str, Any]):
     code runs unchanged.  *Structured*: ``async with websocket:`` runs a receive pump in a
     nursery for the duration of the block, so that:
 
-    - a client disconnect is seen even while the handler only sends: it cancels the block's body
-      (a send-only loop stops within about ``2 * takeover_delay``), ends ``iter_*`` loops, makes
-      later ``receive_*`` calls raise ``WebSocketDisconnect`` and sets ``disconnected``;
+    - a client disconnect is seen even while the handler only sends: it sets ``disconnected``,
+      makes sends and later ``receive_*`` calls raise ``WebSocketDisconnect``, ends ``iter_*``
+      loops, and cancels the block's body (a send-only loop stops within about
+      ``2 * takeover_delay``).  Messages the client sent before leaving are still delivered to a
+      handler that keeps reading; the body is cancelled once it reaches the disconnect, or once it
+      has stayed out of ``receive()`` for ``close_timeout`` seconds;
     - messages that arrive while the handler is away from ``receive()`` wait in a buffer bounded
       by ``max_buffered_messages`` and ``max_buffered_bytes``; when it overflows, the block is
       cancelled and the connection closed with 1008, so the client learns it was too fast;
@@ -327,6 +330,7 @@ class WebSocket(Mapping[str, Any]):
                 await self._send_serialised(message)
             except _SEND_FAILURES:
                 self.application_state = WebSocketState.DISCONNECTED
+                self._observe_disconnect({"type": "websocket.disconnect", "code": 1006})
                 raise WebSocketDisconnect(code=1006) from None
         elif state is WebSocketState.CONNECTING:
             if message_type == "websocket.accept":
@@ -503,17 +507,23 @@ class WebSocket(Mapping[str, Any]):
 
     # -- disconnect bookkeeping ---------------------------------------------------------------
 
-    def _observe_disconnect(self, message: Message) -> None:
+    def _record_disconnect(self, message: Message) -> None:
         if self._disconnect is None:
             self._disconnect = message
             self.disconnected.set()
+
+    def _cancel_block(self) -> None:
         if self._block_scope is not None:
             self._block_scope.cancel()
 
+    def _observe_disconnect(self, message: Message) -> None:
+        """The handler itself received the disconnect: record it and end the block."""
+        self._record_disconnect(message)
+        self._cancel_block()
+
     def _observe_overflow(self) -> None:
         self._overflowed = True
-        if self._block_scope is not None:
-            self._block_scope.cancel()
+        self._cancel_block()
 
     # -- structured mode ----------------------------------------------------------------------
 
@@ -524,11 +534,13 @@ class WebSocket(Mapping[str, Any]):
             raise WebSocketDisconnected("Cannot enter structured mode after a disconnect.")
         self._pump = ReceivePump(
             self._receive,
-            on_disconnect=self._observe_disconnect,
+            on_disconnect=self._record_disconnect,
+            on_gone=self._cancel_block,
             on_overflow=self._observe_overflow,
             max_messages=self._max_buffered_messages,
             max_bytes=self._max_buffered_bytes,
             takeover_delay=self._takeover_delay,
+            linger=self._close_timeout,
         )
         self._read = self._pump.receive
         self._nursery_manager = trio.open_nursery()
