@@ -52,8 +52,9 @@ def websocket_scope(
 class FakeServer:
     """The server side of one connection: feed the app messages, read what it sent."""
 
-    def __init__(self, scope: Scope, *, queue_size: int = 10, hypercorn_style: bool = True,
-                 spec_24: bool = False) -> None:
+    def __init__(
+        self, scope: Scope, *, queue_size: int = 10, hypercorn_style: bool = True, spec_24: bool = False
+    ) -> None:
         self.scope = scope
         self.hypercorn_style = hypercorn_style
         self.spec_24 = spec_24

@@ -25,7 +25,9 @@ class Outcome:
         self.notes: list[Any] = []
 
 
-def structured_app(body: Body, outcome: Outcome, **options: Any) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def structured_app(
+    body: Body, outcome: Outcome, **options: Any
+) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send, **options)
         outcome.websocket = websocket
@@ -348,7 +350,10 @@ async def test_handler_that_returns_while_the_server_queue_is_full_still_ends() 
         await ws.accept()
         await leave.wait()
 
-    async with serve_app(structured_app(body, outcome, takeover_delay=60)) as fake, trio.open_nursery() as nursery:
+    async with (
+        serve_app(structured_app(body, outcome, takeover_delay=60)) as fake,
+        trio.open_nursery() as nursery,
+    ):
         await fake.accepted()
         for i in range(10):
             fake.put_nowait(fake.data(f"m{i}"))
@@ -513,8 +518,6 @@ async def test_spec_24_send_errors_after_disconnect_end_a_send_only_handler() ->
         with trio.fail_after(5):
             await outcome.exited.wait()
     assert fake.app_error is None
-
-
 
 
 async def test_unread_messages_hold_the_cancel_back_only_for_close_timeout() -> None:

@@ -50,7 +50,7 @@ def test_websocket_is_a_mapping_over_its_scope_with_identity_equality() -> None:
     assert set(first) == set(scope)
     assert len(first) == len(scope)
     assert first != second
-    assert first == first  # noqa: PLR0124
+    assert first == first
     assert len({first, second}) == 2
 
 
@@ -175,7 +175,9 @@ async def test_accept_twice_names_the_asgi_messages() -> None:
 
 async def test_receive_checks_the_first_message_is_connect() -> None:
     async def handler(ws: WebSocket) -> None:
-        with pytest.raises(RuntimeError, match='Expected ASGI message "websocket.connect", but got'):
+        with pytest.raises(
+            RuntimeError, match=re.escape('Expected ASGI message "websocket.connect", but got')
+        ):
             await ws.receive()
 
     async with serve_app(app_for(handler)) as fake:
@@ -274,7 +276,9 @@ async def test_invalid_json_mode_raises_runtime_error_before_anything_is_sent(me
     async def handler(ws: WebSocket) -> None:
         await ws.accept()
         args = ({"x": 1},) if method == "send_json" else ()
-        with pytest.raises(RuntimeError, match='The "mode" argument should be "text" or "binary".'):
+        with pytest.raises(
+            RuntimeError, match=re.escape('The "mode" argument should be "text" or "binary".')
+        ):
             await getattr(ws, method)(*args, mode="yaml")
 
     fake = await run_plain(handler)
@@ -284,7 +288,7 @@ async def test_invalid_json_mode_raises_runtime_error_before_anything_is_sent(me
 
 async def test_receive_before_accept_raises_websocket_disconnected() -> None:
     async def handler(ws: WebSocket) -> None:
-        with pytest.raises(WebSocketDisconnected, match='Need to call "accept" first.'):
+        with pytest.raises(WebSocketDisconnected, match=re.escape('Need to call "accept" first.')):
             await ws.receive_text()
 
     fake = await run_plain(handler)
@@ -471,12 +475,23 @@ async def test_a_cancelled_sender_does_not_wedge_the_others() -> None:
 @pytest.mark.parametrize(
     ("state_setup", "message", "error"),
     [
-        ("connecting", {"type": "websocket.send", "text": "x"}, 'Expected ASGI message "websocket.accept", '
-         '"websocket.close" or "websocket.http.response.start", but got \'websocket.send\''),
-        ("connected", {"type": "websocket.http.response.start"}, 'Expected ASGI message "websocket.send" or '
-         "\"websocket.close\", but got 'websocket.http.response.start'"),
-        ("response", {"type": "websocket.send"}, 'Expected ASGI message "websocket.http.response.body", '
-         "but got 'websocket.send'"),
+        (
+            "connecting",
+            {"type": "websocket.send", "text": "x"},
+            'Expected ASGI message "websocket.accept", '
+            '"websocket.close" or "websocket.http.response.start", but got \'websocket.send\'',
+        ),
+        (
+            "connected",
+            {"type": "websocket.http.response.start"},
+            'Expected ASGI message "websocket.send" or '
+            "\"websocket.close\", but got 'websocket.http.response.start'",
+        ),
+        (
+            "response",
+            {"type": "websocket.send"},
+            "Expected ASGI message \"websocket.http.response.body\", but got 'websocket.send'",
+        ),
     ],
 )
 async def test_unexpected_messages_are_rejected_with_starlettes_errors(
@@ -558,7 +573,9 @@ async def test_a_starlette_session_produces_the_same_messages_and_states() -> No
     for cls in (starlette.websockets.WebSocket, WebSocket):
         notes: list[Any] = []
 
-        async def app(scope: Scope, receive: Receive, send: Send, cls: Any = cls, notes: list[Any] = notes) -> None:
+        async def app(
+            scope: Scope, receive: Receive, send: Send, cls: Any = cls, notes: list[Any] = notes
+        ) -> None:
             notes.extend(await session(cls(scope, receive, send)))
 
         async with serve_app(app, websocket_scope(subprotocols=["chat"]), hypercorn_style=False) as fake:

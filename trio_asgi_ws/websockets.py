@@ -274,14 +274,10 @@ class WebSocket(Mapping[str, Any]):
     async def receive(self) -> Message:
         """Receive one ASGI message, enforcing Starlette's state transitions."""
         if self._receiving:
-            raise trio.BusyResourceError(
-                "another task is already waiting in receive() on this WebSocket"
-            )
+            raise trio.BusyResourceError("another task is already waiting in receive() on this WebSocket")
         state = self.client_state
         if state is WebSocketState.DISCONNECTED:
-            raise WebSocketDisconnected(
-                'Cannot call "receive" once a disconnect message has been received.'
-            )
+            raise WebSocketDisconnected('Cannot call "receive" once a disconnect message has been received.')
         self._receiving = True
         try:
             if state is WebSocketState.CONNECTED:
@@ -323,8 +319,7 @@ class WebSocket(Mapping[str, Any]):
                     return  # the client is gone: there is nobody to send a close frame to
             else:
                 raise RuntimeError(
-                    'Expected ASGI message "websocket.send" or "websocket.close", '
-                    f"but got {message_type!r}"
+                    f'Expected ASGI message "websocket.send" or "websocket.close", but got {message_type!r}'
                 )
             try:
                 await self._send_serialised(message)
@@ -380,9 +375,7 @@ class WebSocket(Mapping[str, Any]):
         self._check_subprotocol(subprotocol)
         if self.client_state is WebSocketState.CONNECTING:
             await self.receive()
-        await self.send(
-            {"type": "websocket.accept", "subprotocol": subprotocol, "headers": checked_headers}
-        )
+        await self.send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": checked_headers})
         if self._pump is not None:
             self._pump.start()
 
@@ -394,8 +387,7 @@ class WebSocket(Mapping[str, Any]):
         offered = self.scope.get("subprotocols", [])
         if subprotocol not in offered:
             raise ValueError(
-                f"subprotocol {subprotocol!r} was not offered by the client "
-                f"(it offered {list(offered)!r})"
+                f"subprotocol {subprotocol!r} was not offered by the client (it offered {list(offered)!r})"
             )
 
     @staticmethod
@@ -606,9 +598,7 @@ class WebSocket(Mapping[str, Any]):
 
 def _single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """The one exception a nursery wrapped (several Cancelled count as one), else None."""
-    if len(group.exceptions) == 1 or all(
-        isinstance(error, trio.Cancelled) for error in group.exceptions
-    ):
+    if len(group.exceptions) == 1 or all(isinstance(error, trio.Cancelled) for error in group.exceptions):
         error: BaseException = group.exceptions[0]
         return error
     return None
@@ -625,4 +615,3 @@ def _parse_cookies(cookie_headers: list[str]) -> dict[str, str]:
                     value = value[1:-1]
                 cookies[key] = value
     return cookies
-
