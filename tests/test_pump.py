@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from tests.driver import serve_app
-from trio_asgi_ws import WebSocket, WebSocketDisconnect, WebSocketState
+from trio_asgi_ws import WebSocket, WebSocketDisconnect, WebSocketException, WebSocketState
 from trio_asgi_ws._types import Receive, Scope, Send
 
 Body = Callable[[WebSocket], Awaitable[None]]
@@ -532,3 +532,45 @@ async def test_unread_messages_hold_the_cancel_back_only_for_close_timeout() -> 
             await outcome.exited.wait()
     assert fake.app_error is None
     assert outcome.websocket is not None and outcome.websocket.disconnected.is_set()
+
+
+async def test_websocket_exception_closes_with_its_code_and_reason() -> None:
+    outcome = Outcome()
+
+    async def body(ws: WebSocket) -> None:
+        await ws.accept()
+        raise WebSocketException(4003, "forbidden topic")
+
+    async with serve_app(structured_app(body, outcome)) as fake:
+        await fake.accepted()
+        close = await fake.expect_sent("websocket.close")
+        assert (close["code"], close["reason"]) == (4003, "forbidden topic")
+        await fake.disconnect(4003)
+    assert fake.app_error is None
+
+
+async def test_websocket_exception_before_accept_rejects_the_handshake() -> None:
+    outcome = Outcome()
+
+    async def body(ws: WebSocket) -> None:
+        raise WebSocketException(4001, "who are you")
+
+    async with serve_app(structured_app(body, outcome)) as fake:
+        await fake.connect()
+        close = await fake.expect_sent("websocket.close")
+        assert close["code"] == 4001
+    assert fake.app_error is None
+
+
+async def test_an_unexpected_error_before_accept_is_answered_with_http_500() -> None:
+    outcome = Outcome()
+
+    async def body(ws: WebSocket) -> None:
+        raise RuntimeError("database down")
+
+    async with serve_app(structured_app(body, outcome)) as fake:
+        await fake.connect()
+        start = await fake.expect_sent("websocket.http.response.start")
+        assert start["status"] == 500
+        assert (await fake.expect_sent("websocket.http.response.body"))["body"] == b"Internal Server Error"
+    assert isinstance(fake.app_error, RuntimeError)

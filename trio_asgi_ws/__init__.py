@@ -7,6 +7,7 @@ from .websockets import (
     WebSocketClose,
     WebSocketDisconnect,
     WebSocketDisconnected,
+    WebSocketException,
     WebSocketState,
 )
 
@@ -21,6 +22,7 @@ __all__ = [
     "WebSocketClose",
     "WebSocketDisconnect",
     "WebSocketDisconnected",
+    "WebSocketException",
     "WebSocketState",
 ]
 

@@ -4,6 +4,7 @@ Exceptions raised by this module, one type per situation::
 
     Exception
     ├── WebSocketDisconnect          the client has gone (.code, .reason); ends iter_* loops
+    ├── WebSocketException           raised by a handler to close with (.code, .reason)
     ├── RuntimeError
     │   └── WebSocketDisconnected    the socket was used after a disconnect or our own close
     ├── TypeError
@@ -39,6 +40,7 @@ __all__ = [
     "WebSocketClose",
     "WebSocketDisconnect",
     "WebSocketDisconnected",
+    "WebSocketException",
     "WebSocketState",
 ]
 
@@ -96,6 +98,20 @@ class FrameTypeError(TypeError):
 
 
 _FIELD = {"text": "text", "binary": "bytes"}
+
+
+class WebSocketException(Exception):
+    """Raise in a handler to close with ``code`` and ``reason`` (before accept: reject)."""
+
+    def __init__(self, code: int, reason: str | None = None) -> None:
+        self.code = code
+        self.reason = reason or ""
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, reason={self.reason!r})"
 
 
 class WebSocketClose:
@@ -549,7 +565,6 @@ class WebSocket(Mapping[str, Any]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        failed = exc is not None and not isinstance(exc, trio.Cancelled | WebSocketDisconnect)
         assert self._block_scope is not None
         self._block_scope.cancel()  # stop the pump; the body has finished
         error: BaseException | None = None
@@ -566,22 +581,41 @@ class WebSocket(Mapping[str, Any]):
             self._read = self._receive
         if self._disconnect is not None:
             self.client_state = WebSocketState.DISCONNECTED
-        with trio.CancelScope(shield=True):
-            await self._close_and_drain(1008 if self._overflowed else 1011 if failed else 1000)
+        await self._finish(exc)
         if isinstance(error, WebSocketDisconnect) and self._disconnect is not None:
             return True
+        if isinstance(error, WebSocketException):
+            return True  # it asked for the close we just sent
         if error is not None:
             raise error
         return suppressed
 
-    async def _close_and_drain(self, code: int) -> None:
-        """Close if still open, then read until the client's disconnect (bounded in time)."""
-        with trio.move_on_after(self._close_timeout):
+    def _exit_close(self, error: BaseException | None) -> tuple[int, str]:
+        """The close code and reason a block (or routed handler) ending with ``error`` calls for."""
+        if self._overflowed:
+            return 1008, "receive buffer full"
+        if isinstance(error, WebSocketException):
+            return error.code, error.reason
+        if error is None or isinstance(error, trio.Cancelled | WebSocketDisconnect):
+            return 1000, ""
+        return 1011, ""
+
+    async def _finish(self, error: BaseException | None) -> None:
+        """Close if still open as ``error`` calls for, then read until the client's close.
+
+        Before accept an unexpected error is answered with HTTP 500 (when the server supports
+        denial responses), anything else with a plain close (HTTP 403).  Bounded by
+        ``close_timeout``; shielded from outside cancellation, so cleanup always happens.
+        """
+        code, reason = self._exit_close(error)
+        with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
             if self.application_state is WebSocketState.CONNECTING:
-                await self.close(code)
+                if code == 1011 and "websocket.http.response" in self.scope.get("extensions", {}):
+                    await self.send_denial_response(_internal_error_response)
+                else:
+                    await self.close(code, reason)
                 return
             if self.application_state is WebSocketState.CONNECTED:
-                reason = "receive buffer full" if self._overflowed else ""
                 try:
                     await self.close(code, reason)
                 except WebSocketDisconnect:
@@ -594,6 +628,13 @@ class WebSocket(Mapping[str, Any]):
                     self.client_state = WebSocketState.DISCONNECTED
                     self._observe_disconnect(message)
                     return
+
+
+async def _internal_error_response(scope: Scope, receive: Receive, send: Send) -> None:
+    body = b"Internal Server Error"
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "websocket.http.response.start", "status": 500, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 def _single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
