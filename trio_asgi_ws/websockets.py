@@ -27,6 +27,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
+from ._groups import single_exception
 from ._pump import ReceivePump
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .datastructures import URL, Address, Headers, QueryParams, State
@@ -572,7 +573,7 @@ class WebSocket(Mapping[str, Any]):
         try:
             suppressed = bool(await self._nursery_manager.__aexit__(exc_type, exc, tb))
         except BaseExceptionGroup as group:
-            error = _single_exception(group)
+            error = single_exception(group)
             if error is None:
                 raise
         finally:
@@ -635,14 +636,6 @@ async def _internal_error_response(scope: Scope, receive: Receive, send: Send) -
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))]
     await send({"type": "websocket.http.response.start", "status": 500, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
-
-
-def _single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception a nursery wrapped (several Cancelled count as one), else None."""
-    if len(group.exceptions) == 1 or all(isinstance(error, trio.Cancelled) for error in group.exceptions):
-        error: BaseException = group.exceptions[0]
-        return error
-    return None
 
 
 def _parse_cookies(cookie_headers: list[str]) -> dict[str, str]:

@@ -1,0 +1,409 @@
+"""An in-process, Trio-native test client: talk to an ASGI app's WebSockets without a server.
+
+::
+
+    async def test_echo():
+        async with connect(app, "/chat/1?x=y", subprotocols=["chat"]) as ws:
+            await ws.send_text("hi")
+            assert await ws.receive_text() == "hi"
+
+The app runs in a task of the client's own nursery and sees what hypercorn would send it (a
+10-message receive queue, ``{"text": ..., "bytes": None}`` data messages, a scope with the
+``websocket.http.response`` extension).  Every wait has a deadline (``timeout``, 5 s by
+default) that raises ``trio.TooSlowError`` instead of hanging a test.  An exception in the app
+is re-raised in the test as itself, never wrapped in an ``ExceptionGroup``:
+
+- a close before accept raises ``WebSocketDisconnect`` with the app's code;
+- a denial response raises ``WebSocketDenied`` with its status, headers and body;
+- any other app error is raised from the call that was waiting, or when the block ends.
+
+``connect(..., lifespan=True)`` runs the app's lifespan around the connection; ``run_lifespan``
+does it around several.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import trio
+
+from ._groups import single_exception
+from ._types import ASGIApp, Message, Scope
+from .datastructures import Headers
+from .websockets import WebSocketDisconnect
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["LifespanFailed", "TestWebSocket", "WebSocketDenied", "connect", "run_lifespan"]
+
+_APP_FINISHED: Message = {"type": "trio_asgi_ws.testing.app-finished"}
+
+
+class WebSocketDenied(Exception):
+    """The app answered the handshake with an HTTP response instead of accepting it."""
+
+    def __init__(self, status_code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        super().__init__(f"WebSocket denied with HTTP {status_code}: {body[:200]!r}")
+        self.status_code = status_code
+        self.headers = Headers(raw=headers)
+        self.body = body
+
+
+class LifespanFailed(Exception):
+    """The app reported ``lifespan.startup.failed`` or ``lifespan.shutdown.failed``."""
+
+
+class _AppTask:
+    """Runs one ASGI call in a nursery and keeps its exception for the test to re-raise."""
+
+    def __init__(self, app: ASGIApp, scope: Scope, queue_size: float) -> None:
+        self.app = app
+        self.scope = scope
+        self.to_app, self._app_inbox = trio.open_memory_channel[Message](queue_size)
+        self._app_outbox, self.from_app = trio.open_memory_channel[Message](math.inf)
+        self.error: BaseException | None = None
+        self.finished = trio.Event()
+
+    async def run(self) -> None:
+        try:
+            await self.app(self.scope, self._app_inbox.receive, self._app_outbox.send)
+        except Exception as error:
+            self.error = error
+        finally:
+            self.finished.set()
+            self._app_outbox.send_nowait(_APP_FINISHED)
+
+    def raise_error(self) -> None:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+
+class _NurseryOwner:
+    """An async context manager that owns a nursery and never leaks an ExceptionGroup."""
+
+    _nursery_manager: Any = None
+    nursery: trio.Nursery
+
+    async def _open_nursery(self) -> None:
+        self._nursery_manager = trio.open_nursery()
+        self.nursery = await self._nursery_manager.__aenter__()
+
+    async def _close_nursery(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        self.nursery.cancel_scope.cancel()
+        try:
+            return bool(await self._nursery_manager.__aexit__(exc_type, exc, tb))
+        except BaseExceptionGroup as group:
+            error = single_exception(group)
+            if error is None:
+                raise
+            raise error from error.__cause__
+
+
+class run_lifespan(_NurseryOwner):
+    """Run the app's lifespan: startup on entry (yielding its state dict), shutdown on exit."""
+
+    def __init__(self, app: ASGIApp, *, timeout: float = 5.0) -> None:
+        self.state: dict[str, Any] = {}
+        self._timeout = timeout
+        self._task = _AppTask(
+            app,
+            {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state},
+            math.inf,
+        )
+
+    async def __aenter__(self) -> dict[str, Any]:
+        await self._open_nursery()
+        self.nursery.start_soon(self._task.run)
+        try:
+            await self._exchange("lifespan.startup", "lifespan.startup.complete")
+        except BaseException as error:
+            await self._close_nursery(type(error), error, error.__traceback__)
+            raise
+        return self.state
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        try:
+            if exc is None:
+                await self._exchange("lifespan.shutdown", "lifespan.shutdown.complete")
+        finally:
+            suppressed = await self._close_nursery(exc_type, exc, tb)
+        return suppressed
+
+    async def _exchange(self, request: str, expected: str) -> None:
+        self._task.to_app.send_nowait({"type": request})
+        with trio.fail_after(self._timeout):
+            reply = await self._task.from_app.receive()
+        if reply is _APP_FINISHED:
+            self._task.raise_error()
+            raise LifespanFailed(f"the app returned instead of answering {request!r}")
+        if reply["type"] != expected:
+            raise LifespanFailed(f"{reply['type']}: {reply.get('message', '')}")
+
+
+class TestWebSocket(_NurseryOwner):
+    """The client end of one in-process WebSocket; see the module docstring."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        url: str = "/",
+        *,
+        subprotocols: Sequence[str] = (),
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        lifespan: bool = False,
+        state: Mapping[str, Any] | None = None,
+        client: tuple[str, int] = ("testclient", 50000),
+    ) -> None:
+        self._app = app
+        self._timeout = timeout
+        self._lifespan = run_lifespan(app, timeout=timeout) if lifespan else None
+        self._scope = _websocket_scope(url, subprotocols, headers or {}, dict(state or {}), client)
+        self._task: _AppTask | None = None
+        self._closed = False
+        self.accepted_subprotocol: str | None = None
+        self.extra_headers: list[tuple[bytes, bytes]] = []
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    @property
+    def scope(self) -> Scope:
+        return self._scope
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TestWebSocket:
+        if self._lifespan is not None:
+            self._scope["state"].update(await self._lifespan.__aenter__())
+        await self._open_nursery()
+        self._task = _AppTask(self._app, self._scope, 10)
+        self.nursery.start_soon(self._task.run)
+        try:
+            await self._handshake()
+        except BaseException as error:
+            await self._teardown(error)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if exc is None:
+            await self._finish()
+        return await self._teardown(exc)
+
+    async def _teardown(self, exc: BaseException | None) -> bool:
+        try:
+            tb = exc.__traceback__ if exc is not None else None
+            suppressed = await self._close_nursery(type(exc) if exc is not None else None, exc, tb)
+        finally:
+            if self._lifespan is not None:
+                await self._lifespan.__aexit__(type(exc) if exc else None, exc, None)
+        return suppressed
+
+    async def _finish(self) -> None:
+        task = self._running()
+        if not self._closed:
+            await self.close()
+        try:
+            with trio.fail_after(self._timeout):
+                await task.finished.wait()
+        except trio.TooSlowError:
+            raise trio.TooSlowError(f"the app did not finish within {self._timeout} s of the close") from None
+        task.raise_error()
+
+    async def _handshake(self) -> None:
+        task = self._running()
+        await task.to_app.send({"type": "websocket.connect"})
+        message = await self._next_from_app()
+        kind = message["type"]
+        if message is _APP_FINISHED:  # as hypercorn does when an app returns before accepting
+            self._closed = True
+            raise WebSocketDenied(500, [], b"")
+        if kind == "websocket.accept":
+            self.accepted_subprotocol = message.get("subprotocol")
+            self.extra_headers = list(message.get("headers", []))
+        elif kind == "websocket.close":
+            self._closed = True
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+        elif kind == "websocket.http.response.start":
+            self._closed = True
+            body = b""
+            while True:
+                part = await self._next_from_app()
+                body += part.get("body", b"")
+                if not part.get("more_body", False):
+                    break
+            raise WebSocketDenied(message["status"], list(message.get("headers", [])), body)
+        else:
+            raise RuntimeError(f"unexpected first message from the app: {message!r}")
+
+    def _running(self) -> _AppTask:
+        if self._task is None:
+            raise RuntimeError("use the test WebSocket inside `async with connect(...)`")
+        return self._task
+
+    async def _next_from_app(self) -> Message:
+        task = self._running()
+        try:
+            with trio.fail_after(self._timeout):
+                message = await task.from_app.receive()
+        except trio.TooSlowError:
+            raise trio.TooSlowError(f"no message from the app within {self._timeout} s") from None
+        except trio.EndOfChannel:
+            message = _APP_FINISHED
+        if message is _APP_FINISHED:
+            task.from_app.close()
+            task.raise_error()
+        return message
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def _put(self, message: Message) -> None:
+        task = self._running()
+        if self._closed:
+            raise RuntimeError("the test WebSocket is closed")
+        with trio.fail_after(self._timeout):
+            await task.to_app.send(message)
+
+    async def send_text(self, data: str) -> None:
+        await self._put({"type": "websocket.receive", "text": data, "bytes": None})
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._put({"type": "websocket.receive", "text": None, "bytes": bytes(data)})
+
+    async def send_json(self, data: Any, mode: str = "text") -> None:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        if mode == "binary":
+            await self.send_bytes(text.encode("utf-8"))
+        else:
+            await self.send_text(text)
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """The client goes away: the app receives ``websocket.disconnect`` with this code."""
+        if not self._closed:
+            await self._put({"type": "websocket.disconnect", "code": code, "reason": reason or ""})
+            self._closed = True
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        """The next raw message the app sent (``websocket.send`` or ``websocket.close``).
+
+        Once the app has finished, raises ``WebSocketDisconnect`` with the code it closed with
+        (1011, as hypercorn sends, if it returned without closing).
+        """
+        message = await self._next_from_app()
+        if message is _APP_FINISHED:
+            if self.close_code is not None:
+                raise WebSocketDisconnect(self.close_code, self.close_reason)
+            raise WebSocketDisconnect(1011, "the app returned without closing the WebSocket")
+        if message["type"] == "websocket.close" and not self._closed:
+            self.close_code = message.get("code", 1000)
+            self.close_reason = message.get("reason") or ""
+            self._closed = True
+            # Answer the close as a client does, so the app's wait for it ends.
+            reply = {"type": "websocket.disconnect", "code": self.close_code}
+            self.nursery.start_soon(self._running().to_app.send, reply)
+        return message
+
+    async def _receive_data(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "websocket.close":
+            raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+        return message
+
+    async def receive_text(self) -> str:
+        message = await self._receive_data()
+        if message.get("text") is None:
+            raise TypeError(f"expected a text message from the app, got {message!r}")
+        return str(message["text"])
+
+    async def receive_bytes(self) -> bytes:
+        message = await self._receive_data()
+        if message.get("bytes") is None:
+            raise TypeError(f"expected a binary message from the app, got {message!r}")
+        return bytes(message["bytes"])
+
+    async def receive_json(self, mode: str = "text") -> Any:
+        if mode == "binary":
+            return json.loads(await self.receive_bytes())
+        return json.loads(await self.receive_text())
+
+
+def connect(
+    app: ASGIApp,
+    url: str = "/",
+    *,
+    subprotocols: Sequence[str] = (),
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+    lifespan: bool = False,
+    state: Mapping[str, Any] | None = None,
+    client: tuple[str, int] = ("testclient", 50000),
+) -> TestWebSocket:
+    """Open an in-process WebSocket to ``app``: use as ``async with connect(app, "/path") as ws``."""
+    return TestWebSocket(
+        app,
+        url,
+        subprotocols=subprotocols,
+        headers=headers,
+        timeout=timeout,
+        lifespan=lifespan,
+        state=state,
+        client=client,
+    )
+
+
+def _websocket_scope(
+    url: str,
+    subprotocols: Sequence[str],
+    headers: Mapping[str, str],
+    state: dict[str, Any],
+    client: tuple[str, int],
+) -> Scope:
+    parts = urlsplit(url)
+    scheme = parts.scheme or "ws"
+    host = parts.netloc or "testserver"
+    raw_headers = [(b"host", host.encode("latin-1"))]
+    raw_headers += [
+        (b"sec-websocket-version", b"13"),
+        (b"connection", b"upgrade"),
+        (b"upgrade", b"websocket"),
+    ]
+    if subprotocols:
+        raw_headers.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode("latin-1")))
+    raw_headers += [
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+    ]
+    path = parts.path or "/"
+    return {
+        "type": "websocket",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "scheme": scheme,
+        "http_version": "1.1",
+        "path": unquote(path),
+        "raw_path": path.encode("ascii", "ignore"),
+        "root_path": "",
+        "query_string": parts.query.encode("latin-1"),
+        "headers": raw_headers,
+        "client": client,
+        "server": (host.split(":")[0], 443 if scheme == "wss" else 80),
+        "subprotocols": list(subprotocols),
+        "state": state,
+        "extensions": {"websocket.http.response": {}},
+    }
