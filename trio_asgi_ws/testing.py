@@ -23,6 +23,7 @@ does it around several.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -203,10 +204,18 @@ class TestWebSocket(_NurseryOwner):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         if exc is None:
-            await self._finish()
+            try:
+                await self._finish()
+            except BaseException as error:
+                await self._teardown(error)
+                raise
         return await self._teardown(exc)
 
     async def _teardown(self, exc: BaseException | None) -> bool:
+        if not self._closed and self._task is not None:
+            self._closed = True
+            with contextlib.suppress(trio.WouldBlock):  # the client vanishes: tell the app
+                self._task.to_app.send_nowait({"type": "websocket.disconnect", "code": 1006})
         try:
             tb = exc.__traceback__ if exc is not None else None
             suppressed = await self._close_nursery(type(exc) if exc is not None else None, exc, tb)
