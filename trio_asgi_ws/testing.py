@@ -327,7 +327,10 @@ class TestWebSocket(_NurseryOwner):
             self._closed = True
             # Answer the close as a client does, so the app's wait for it ends.
             reply = {"type": "websocket.disconnect", "code": self.close_code}
-            self.nursery.start_soon(self._running().to_app.send, reply)
+            try:
+                self._running().to_app.send_nowait(reply)
+            except trio.WouldBlock:
+                self.nursery.start_soon(self._running().to_app.send, reply)
         return message
 
     async def _receive_data(self) -> Message:
