@@ -1,0 +1,92 @@
+"""``python -m trio_asgi_ws module:app``: serve an ASGI app with hypercorn's trio worker.
+
+With ``--workers N`` the parent binds the socket once and runs N worker processes sharing it;
+with ``--reload`` it restarts them when a ``.py`` file under the current directory changes.
+Either way SIGINT/SIGTERM reach every worker, each closes its WebSockets with 1001, and the
+command exits 0 once they have all stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from ._supervisor import supervise
+from .server import build_config, serve
+
+__all__ = ["load_app", "main"]
+
+
+def load_app(target: str) -> Any:
+    """Import ``module:attribute`` (the attribute may be dotted) relative to the current directory."""
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"expected 'module:attribute', got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    app: Any = importlib.import_module(module_name)
+    for name in attribute.split("."):
+        try:
+            app = getattr(app, name)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    return app
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trio_asgi_ws", description=__doc__.splitlines()[0])
+    parser.add_argument("app", help="the ASGI app to serve, as module:attribute")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--reload", action="store_true", help="restart when a .py file changes")
+    parser.add_argument("--max-message-size", type=int, default=1024 * 1024, help="bytes (default 1 MiB)")
+    parser.add_argument("--ping-interval", type=float, default=20.0, help="seconds between pings")
+    parser.add_argument("--read-timeout", type=int, default=60, help="drop a silent peer after this long")
+    parser.add_argument(
+        "--graceful-timeout", type=float, default=10.0, help="seconds handlers get on shutdown"
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    try:
+        app = load_app(args.app)
+    except (ImportError, ValueError) as error:
+        parser.error(str(error))
+    options = {
+        "max_message_size": args.max_message_size,
+        "ping_interval": args.ping_interval,
+        "read_timeout": args.read_timeout,
+        "graceful_timeout": args.graceful_timeout,
+    }
+    try:
+        build_config(args.host, args.port, **options)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.fd is not None:  # a worker: serve on the socket the supervisor bound
+        options["sockets"] = socket.socket(fileno=args.fd)
+    elif args.workers > 1 or args.reload:
+        worker_argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--reload"]
+        return trio.run(supervise, worker_argv, args.host, args.port, args.workers, args.reload)
+    trio.run(lambda: serve(app, args.host, args.port, **options))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
