@@ -49,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--reload", action="store_true", help="restart when a .py file changes")
     parser.add_argument("--max-message-size", type=int, default=1024 * 1024, help="bytes (default 1 MiB)")
-    parser.add_argument("--ping-interval", type=float, default=20.0, help="seconds between pings")
-    parser.add_argument("--read-timeout", type=int, default=60, help="drop a silent peer after this long")
+    parser.add_argument("--ping-interval", type=float, default=20.0, help="seconds between pings; 0: none")
+    parser.add_argument("--read-timeout", type=int, default=60, help="drop silent peers after; 0: never")
     parser.add_argument(
         "--graceful-timeout", type=float, default=10.0, help="seconds handlers get on shutdown"
     )
@@ -71,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     options = {
         "max_message_size": args.max_message_size,
-        "ping_interval": args.ping_interval,
-        "read_timeout": args.read_timeout,
+        "ping_interval": args.ping_interval or None,
+        "read_timeout": args.read_timeout or None,
         "graceful_timeout": args.graceful_timeout,
     }
     try:

@@ -1,0 +1,278 @@
+"""``serve()`` and ``python -m trio_asgi_ws``: real hypercorn, real sockets, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected
+
+from tests.integration.conftest import open_client
+from trio_asgi_ws import WebSocket
+from trio_asgi_ws.__main__ import load_app, main
+from trio_asgi_ws.routing import Router
+from trio_asgi_ws.server import build_config, serve
+
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE = 15.0
+
+
+# -- in-process serve() -------------------------------------------------------------------------
+
+
+def ticker_and_echo() -> Router:
+    app = Router()
+
+    @app.websocket("/tick")
+    async def tick(ws: WebSocket) -> None:
+        await ws.accept()
+        while True:
+            await ws.send_text("tick")
+            await trio.sleep(0.05)
+
+    @app.websocket("/echo")
+    async def echo(ws: WebSocket) -> None:
+        await ws.accept()
+        async for text in ws.iter_text():
+            await ws.send_text(text)
+
+    return app
+
+
+@asynccontextmanager
+async def running(app: Router, **options: object) -> AsyncIterator[tuple[int, trio.Event, trio.Event]]:
+    """Serve ``app`` in-process; yield (port, shutdown trigger, stopped)."""
+    trigger, stopped = trio.Event(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve(
+                app,
+                "127.0.0.1",
+                0,
+                shutdown_trigger=trigger.wait,
+                handle_signals=False,
+                task_status=task_status,
+                **options,
+            )
+        finally:
+            stopped.set()
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(run)
+        port = int(binds[0].rsplit(":", 1)[1])
+        try:
+            yield port, trigger, stopped
+        finally:
+            trigger.set()
+
+
+async def test_shutdown_trigger_closes_every_websocket_with_1001_before_stopping() -> None:
+    codes: list[int] = []
+    async with running(ticker_and_echo()) as (port, trigger, stopped):
+
+        async def client(path: str) -> None:
+            async with open_client(f"ws://127.0.0.1:{port}{path}") as ws:
+                if path == "/echo":
+                    await ws.send_message("hi")
+                assert await ws.get_message() in ("hi", "tick")
+                with pytest.raises(ConnectionClosed) as info:
+                    while True:
+                        await ws.get_message()
+                codes.append(info.value.reason.code)
+
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as clients:
+                for path in ("/tick", "/echo", "/tick", "/echo"):
+                    clients.start_soon(client, path)
+                await trio.sleep(0.3)
+                trigger.set()
+            await stopped.wait()
+    assert codes == [1001] * 4
+
+
+async def test_messages_over_the_size_limit_are_refused_with_1009() -> None:
+    async with running(ticker_and_echo(), max_message_size=1000) as (port, _, _):
+        with trio.fail_after(DEADLINE):
+            async with open_client(f"ws://127.0.0.1:{port}/echo") as ws:
+                await ws.send_message("x" * 1000)
+                assert len(await ws.get_message()) == 1000
+                await ws.send_message("x" * 1001)
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.get_message()
+    assert info.value.reason.code == 1009
+
+
+async def test_an_unmatched_path_is_rejected_with_403_by_the_real_server() -> None:
+    async with running(ticker_and_echo()) as (port, _, _):
+        with trio.fail_after(DEADLINE), pytest.raises(ConnectionRejected) as info:
+            async with open_client(f"ws://127.0.0.1:{port}/nowhere"):
+                pass
+    assert info.value.status_code == 403
+
+
+def test_build_config_suits_websockets_and_rejects_bad_options() -> None:
+    config = build_config()
+    assert config.websocket_max_message_size == 1024 * 1024
+    assert config.websocket_ping_interval == 20.0
+    assert config.read_timeout == 60
+    assert config.bind == ["127.0.0.1:8000"]
+    assert build_config("::1", 9000).bind == ["[::1]:9000"]
+    assert build_config(keep_alive_timeout=2).keep_alive_timeout == 2
+    with pytest.raises(TypeError, match="unknown server option 'colour'"):
+        build_config(colour="blue")
+    with pytest.raises(ValueError, match=r"read_timeout .* must be longer than ping_interval"):
+        build_config(ping_interval=30, read_timeout=10)
+    with pytest.raises(ValueError, match="max_message_size must be positive"):
+        build_config(max_message_size=0)
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+
+def test_load_app_reports_bad_targets_clearly() -> None:
+    assert load_app("examples.echo:app") is not None
+    with pytest.raises(ValueError, match="expected 'module:attribute'"):
+        load_app("examples.echo")
+    with pytest.raises(ValueError, match="has no attribute 'nope'"):
+        load_app("examples.echo:nope")
+    with pytest.raises(ImportError):
+        load_app("no_such_module_here:app")
+
+
+def test_the_cli_exits_2_with_a_message_for_a_bad_app(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["examples.echo:missing"])
+    assert info.value.code == 2
+    assert "has no attribute 'missing'" in capsys.readouterr().err
+
+
+async def start_cli(*args: str, cwd: Path = REPO) -> tuple[trio.Process, int, list[str]]:
+    """Start ``python -m trio_asgi_ws`` on a free port; return it once it serves."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(cwd)])}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_asgi_ws", *args, "--port", "0"],
+        cwd=cwd,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    buffer = b""
+    with trio.fail_after(DEADLINE):
+        while True:
+            chunk = await process.stderr.receive_some()
+            assert chunk, f"server exited early: {lines!r}"
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            lines += [line.decode() for line in complete]
+            for line in lines:
+                if "Running on http://127.0.0.1:" in line:
+                    return process, int(line.rsplit(":", 1)[1].split()[0]), lines
+
+
+async def drain_stderr(process: trio.Process) -> None:
+    assert process.stderr is not None
+    while await process.stderr.receive_some():
+        pass
+
+
+async def hold_connections(port: int, count: int, codes: list[int], ready: trio.Event) -> None:
+    async def one(i: int) -> None:
+        async with open_client(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send_message(f"hello {i}")
+            assert await ws.get_message() == f"hello {i}"
+            if len(codes) == 0 and i == count - 1:
+                pass
+            opened.append(i)
+            if len(opened) == count:
+                ready.set()
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.get_message()
+            codes.append(info.value.reason.code)
+
+    opened: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sigterm_closes_20_open_websockets_with_1001_and_exits_0(workers: int) -> None:
+    graceful = 5.0
+    process, port, _ = await start_cli(
+        "examples.echo:app", "--workers", str(workers), "--graceful-timeout", str(graceful)
+    )
+    codes: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain_stderr, process)
+            ready = trio.Event()
+            with trio.fail_after(DEADLINE):
+                async with trio.open_nursery() as clients:
+                    clients.start_soon(hold_connections, port, 20, codes, ready)
+                    await ready.wait()
+                    process.send_signal(signal.SIGTERM)
+                    signalled = trio.current_time()
+            with trio.fail_after(DEADLINE):
+                returncode = await process.wait()
+            exited_after = trio.current_time() - signalled
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert codes == [1001] * 20
+    assert returncode == 0
+    assert exited_after < graceful  # within the grace period the issue asks for
+
+
+async def test_reload_restarts_the_worker_when_a_source_file_changes(tmp_path: Path) -> None:
+    module = tmp_path / "reloadable.py"
+    source = textwrap.dedent(
+        """
+        from trio_asgi_ws.routing import Router
+        app = Router()
+        @app.websocket("/")
+        async def version(ws):
+            await ws.accept()
+            await ws.send_text("VERSION")
+            async for _ in ws.iter_text():
+                pass
+        """
+    )
+    module.write_text(source.replace("VERSION", "one"))
+    # No pings: trio-websocket 0.12 fails answering one that arrives while it is closing.
+    process, port, _ = await start_cli(
+        "reloadable:app", "--reload", "--ping-interval", "0", "--read-timeout", "0", cwd=tmp_path
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain_stderr, process)
+            with trio.fail_after(DEADLINE):
+                async with open_client(f"ws://127.0.0.1:{port}/") as ws:
+                    assert await ws.get_message() == "one"
+                    module.write_text(source.replace("VERSION", "two"))
+                    with pytest.raises(ConnectionClosed) as info:
+                        await ws.get_message()
+                    assert info.value.reason.code == 1001
+                while True:  # the new worker serves on the same socket once it has started
+                    try:
+                        async with open_client(f"ws://127.0.0.1:{port}/") as ws:
+                            assert await ws.get_message() == "two"
+                            break
+                    except (OSError, ConnectionRejected, ConnectionClosed):
+                        await trio.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(DEADLINE):
+                assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
