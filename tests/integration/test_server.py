@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -16,10 +14,11 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from tests.integration.conftest import open_client
+from tests.integration.served import served
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws.__main__ import load_app, main
 from trio_asgi_ws.routing import Router
-from trio_asgi_ws.server import build_config, serve
+from trio_asgi_ws.server import build_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 15.0
@@ -47,40 +46,12 @@ def ticker_and_echo() -> Router:
     return app
 
 
-@asynccontextmanager
-async def running(app: Router, **options: object) -> AsyncIterator[tuple[int, trio.Event, trio.Event]]:
-    """Serve ``app`` in-process; yield (port, shutdown trigger, stopped)."""
-    trigger, stopped = trio.Event(), trio.Event()
-
-    async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await serve(
-                app,
-                "127.0.0.1",
-                0,
-                shutdown_trigger=trigger.wait,
-                handle_signals=False,
-                task_status=task_status,
-                **options,
-            )
-        finally:
-            stopped.set()
-
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(run)
-        port = int(binds[0].rsplit(":", 1)[1])
-        try:
-            yield port, trigger, stopped
-        finally:
-            trigger.set()
-
-
 async def test_shutdown_trigger_closes_every_websocket_with_1001_before_stopping() -> None:
     codes: list[int] = []
-    async with running(ticker_and_echo()) as (port, trigger, stopped):
+    async with served(ticker_and_echo()) as server:
 
         async def client(path: str) -> None:
-            async with open_client(f"ws://127.0.0.1:{port}{path}") as ws:
+            async with open_client(server.url(path)) as ws:
                 if path == "/echo":
                     await ws.send_message("hi")
                 assert await ws.get_message() in ("hi", "tick")
@@ -94,15 +65,15 @@ async def test_shutdown_trigger_closes_every_websocket_with_1001_before_stopping
                 for path in ("/tick", "/echo", "/tick", "/echo"):
                     clients.start_soon(client, path)
                 await trio.sleep(0.3)
-                trigger.set()
-            await stopped.wait()
+                server.trigger.set()
+            await server.stopped.wait()
     assert codes == [1001] * 4
 
 
 async def test_messages_over_the_size_limit_are_refused_with_1009() -> None:
-    async with running(ticker_and_echo(), max_message_size=1000) as (port, _, _):
+    async with served(ticker_and_echo(), max_message_size=1000) as server:
         with trio.fail_after(DEADLINE):
-            async with open_client(f"ws://127.0.0.1:{port}/echo") as ws:
+            async with open_client(server.url("/echo")) as ws:
                 await ws.send_message("x" * 1000)
                 assert len(await ws.get_message()) == 1000
                 await ws.send_message("x" * 1001)
@@ -112,9 +83,9 @@ async def test_messages_over_the_size_limit_are_refused_with_1009() -> None:
 
 
 async def test_an_unmatched_path_is_rejected_with_403_by_the_real_server() -> None:
-    async with running(ticker_and_echo()) as (port, _, _):
+    async with served(ticker_and_echo()) as server:
         with trio.fail_after(DEADLINE), pytest.raises(ConnectionRejected) as info:
-            async with open_client(f"ws://127.0.0.1:{port}/nowhere"):
+            async with open_client(server.url("/nowhere")):
                 pass
     assert info.value.status_code == 403
 

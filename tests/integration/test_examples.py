@@ -1,0 +1,62 @@
+"""The examples, each served for real by ``trio_asgi_ws.server.serve`` (hypercorn's trio worker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import ConnectionRejected
+
+from examples import echo, rooms
+from tests.integration.conftest import open_client
+from tests.integration.served import served
+
+DEADLINE = 5.0
+
+
+async def test_echo_example_echoes_text_and_bytes() -> None:
+    async with served(echo.app) as server:
+        with trio.fail_after(DEADLINE):
+            async with open_client(server.url()) as ws:
+                await ws.send_message("hello")
+                assert await ws.get_message() == "hello"
+                await ws.send_message(b"\x00\xff")
+                assert await ws.get_message() == b"\x00\xff"
+
+
+def member(server: served, room: str, name: str, origin: str | None = None) -> Any:
+    headers = [("Origin", origin)] if origin is not None else None
+    return open_client(server.url(f"/rooms/{room}?name={name}"), extra_headers=headers)
+
+
+async def next_message_from(ws: Any, expected: str) -> None:
+    while (await ws.get_message()) != expected:
+        pass
+
+
+async def test_rooms_example_members_of_a_room_see_each_other() -> None:
+    async with served(rooms.app) as server:
+        with trio.fail_after(DEADLINE):
+            async with member(server, "lobby", "ann", "http://127.0.0.1:8000") as ann:
+                assert await ann.get_message() == "ann joined"
+                async with member(server, "lobby", "bob") as bob, member(server, "attic", "eve") as eve:
+                    await next_message_from(ann, "bob joined")
+                    assert await bob.get_message() == "bob joined"
+                    await bob.send_message("hi ann")
+                    await next_message_from(ann, "bob: hi ann")
+                    await ann.send_message("hi bob")
+                    await next_message_from(bob, "ann: hi bob")
+                    assert await eve.get_message() == "eve joined"  # another room: nothing else
+                    with trio.move_on_after(0.2):
+                        extra = await eve.get_message()
+                        pytest.fail(f"eve got a message from another room: {extra!r}")
+                await next_message_from(ann, "bob left")
+
+
+async def test_rooms_example_rejects_foreign_origins_with_403() -> None:
+    async with served(rooms.app) as server:
+        with trio.fail_after(DEADLINE), pytest.raises(ConnectionRejected) as info:
+            async with member(server, "lobby", "mallory", "https://evil.example"):
+                pass
+    assert info.value.status_code == 403
