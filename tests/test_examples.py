@@ -1,0 +1,68 @@
+"""The examples, driven in-process with the test client (the real-server runs are in integration/)."""
+
+from __future__ import annotations
+
+import pytest
+
+from examples import auth, echo, rooms
+from trio_asgi_ws import WebSocketDisconnect
+from trio_asgi_ws.testing import WebSocketDenied, connect
+
+
+async def test_echo_example() -> None:
+    async with connect(echo.app) as ws:
+        await ws.send_text("a")
+        assert await ws.receive_text() == "a"
+        await ws.send_bytes(b"b")
+        assert await ws.receive_bytes() == b"b"
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("/private?token=s3cret-token-for-ann", {}),
+        ("/private", {"authorization": "Bearer s3cret-token-for-ann"}),
+    ],
+)
+async def test_auth_example_accepts_a_good_token_from_query_or_header(
+    url: str, headers: dict[str, str]
+) -> None:
+    async with connect(auth.app, url, headers=headers) as ws:
+        assert await ws.receive_text() == "hello ann"
+        await ws.send_text("hi")
+        assert await ws.receive_text() == "ann: hi"
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("/private", {}),
+        ("/private?token=wrong", {}),
+        ("/private", {"authorization": "Bearer wrong"}),
+        ("/private", {"authorization": "Basic s3cret-token-for-ann"}),
+    ],
+)
+async def test_auth_example_rejects_a_missing_or_bad_token_with_401(
+    url: str, headers: dict[str, str]
+) -> None:
+    with pytest.raises(WebSocketDenied) as info:
+        async with connect(auth.app, url, headers=headers):
+            pass
+    assert info.value.status_code == 401
+    assert info.value.headers["www-authenticate"] == "Bearer"
+    assert info.value.body == b"a valid token is required"
+
+
+async def test_auth_example_checks_the_origin_before_the_token() -> None:
+    with pytest.raises(WebSocketDisconnect):
+        async with connect(
+            auth.app, "/private?token=s3cret-token-for-ann", headers={"origin": "https://evil.example"}
+        ):
+            pass
+
+
+async def test_rooms_example_with_lifespan_state() -> None:
+    async with connect(rooms.app, "/rooms/a?name=ann", lifespan=True) as ann:
+        assert await ann.receive_text() == "ann joined"
+        await ann.send_text("hello")
+        assert await ann.receive_text() == "ann: hello"
