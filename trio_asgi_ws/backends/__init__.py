@@ -1,0 +1,1 @@
+"""Broadcast backends: how a published message reaches every hub that shares a channel."""
