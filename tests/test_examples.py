@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from examples import auth, echo, rooms
+from examples import auth, chat, echo, rooms
 from trio_asgi_ws import WebSocketDisconnect
-from trio_asgi_ws.testing import WebSocketDenied, connect
+from trio_asgi_ws.testing import WebSocketDenied, connect, run_lifespan
 
 
 async def test_echo_example() -> None:
@@ -66,3 +66,18 @@ async def test_rooms_example_with_lifespan_state() -> None:
         assert await ann.receive_text() == "ann joined"
         await ann.send_text("hello")
         assert await ann.receive_text() == "ann: hello"
+
+
+async def test_chat_example_room_members_see_each_other() -> None:
+    async with (
+        run_lifespan(chat.app) as state,
+        connect(chat.app, "/ws/lobby?name=ann", state=state) as ann,
+    ):
+        assert await ann.receive_json() == {"system": "ann joined lobby"}
+        async with connect(chat.app, "/ws/lobby?name=bob", state=state) as bob:
+            assert await bob.receive_json() == {"system": "bob joined lobby"}
+            assert await ann.receive_json() == {"system": "bob joined lobby"}
+            await bob.send_text("hi ann")
+            assert await ann.receive_json() == {"from": "bob", "text": "hi ann"}
+            assert await bob.receive_json() == {"from": "bob", "text": "hi ann"}
+        assert await ann.receive_json() == {"system": "bob left"}
