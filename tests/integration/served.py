@@ -1,7 +1,11 @@
-"""``async with served(app) as server``: run ``trio_asgi_ws.server.serve`` for one test."""
+"""Running apps for real: ``served(app)`` in-process, ``start_cli(...)`` as a subprocess."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -50,3 +54,40 @@ class served:
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         self.trigger.set()
         return await self._nursery_manager.__aexit__(*exc_info)  # type: ignore[no-any-return]
+
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_DEADLINE = 15.0
+
+
+async def start_cli(
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> tuple[trio.Process, int, list[str]]:
+    """Start ``python -m trio_asgi_ws`` on a free port; return it once it serves."""
+    full_env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO), str(cwd)])}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_asgi_ws", *args, "--port", "0"],
+        cwd=cwd,
+        env=full_env,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    buffer = b""
+    with trio.fail_after(STARTUP_DEADLINE):
+        while True:
+            chunk = await process.stderr.receive_some()
+            assert chunk, f"server exited early: {lines!r}"
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            lines += [line.decode() for line in complete]
+            for line in lines:
+                if "Running on http://127.0.0.1:" in line:
+                    return process, int(line.rsplit(":", 1)[1].split()[0]), lines
+
+
+async def drain_stderr(process: trio.Process) -> None:
+    assert process.stderr is not None
+    while await process.stderr.receive_some():
+        pass

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,13 +11,12 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from tests.integration.conftest import open_client
-from tests.integration.served import served
+from tests.integration.served import drain_stderr, served, start_cli
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws.__main__ import load_app, main
 from trio_asgi_ws.routing import Router
 from trio_asgi_ws.server import build_config
 
-REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 15.0
 
 
@@ -124,37 +120,6 @@ def test_the_cli_exits_2_with_a_message_for_a_bad_app(capsys: pytest.CaptureFixt
         main(["examples.echo:missing"])
     assert info.value.code == 2
     assert "has no attribute 'missing'" in capsys.readouterr().err
-
-
-async def start_cli(*args: str, cwd: Path = REPO) -> tuple[trio.Process, int, list[str]]:
-    """Start ``python -m trio_asgi_ws`` on a free port; return it once it serves."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(cwd)])}
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "trio_asgi_ws", *args, "--port", "0"],
-        cwd=cwd,
-        env=env,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    assert process.stderr is not None
-    lines: list[str] = []
-    buffer = b""
-    with trio.fail_after(DEADLINE):
-        while True:
-            chunk = await process.stderr.receive_some()
-            assert chunk, f"server exited early: {lines!r}"
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            lines += [line.decode() for line in complete]
-            for line in lines:
-                if "Running on http://127.0.0.1:" in line:
-                    return process, int(line.rsplit(":", 1)[1].split()[0]), lines
-
-
-async def drain_stderr(process: trio.Process) -> None:
-    assert process.stderr is not None
-    while await process.stderr.receive_some():
-        pass
 
 
 async def hold_connections(port: int, count: int, codes: list[int], ready: trio.Event) -> None:
