@@ -210,6 +210,9 @@ class Backend(Protocol):
 
     async def unsubscribed(self, topic: str) -> None: ...
 
+    async def status_changed(self) -> None:
+        """Return at the next change of ``status``."""
+
     @property
     def status(self) -> str: ...
 
@@ -226,6 +229,16 @@ class Broadcast:
     def status(self) -> str:
         """The backend's health: ``"connected"``, or e.g. ``"reconnecting"`` during a Redis outage."""
         return self._backend.status
+
+    async def wait_for_status(self, status: str) -> None:
+        """Wait until ``status`` is ``status`` (e.g. ``"connected"`` again after an outage)."""
+        while self._backend.status != status:
+            await self._backend.status_changed()
+
+    @property
+    def lost(self) -> int:
+        """Messages published while the backend was unreachable, and so lost (at most once)."""
+        return int(getattr(self._backend, "lost", 0))
 
     def subscribe(
         self, topic: str, *, max_buffer: int = 64, overflow: Overflow = "drop_oldest"

@@ -32,6 +32,9 @@ class MemoryBackend:
             raise RuntimeError("the memory backend is not running")
         await self._deliver(message)
 
+    async def status_changed(self) -> None:
+        await trio.sleep_forever()  # always connected
+
     async def subscribed(self, topic: str) -> None:
         pass
 

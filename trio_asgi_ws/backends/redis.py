@@ -20,6 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import coredis
 import coredis.exceptions
 import trio
@@ -37,6 +38,8 @@ logger = logging.getLogger("trio_asgi_ws.broadcast")
 
 _TEXT, _BYTES = b"t", b"b"
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.1, 5.0
+# What coredis's anyio streams raise when a cancelled pub/sub tears itself down.
+_TEARDOWN_NOISE = (anyio.ClosedResourceError, anyio.BrokenResourceError)
 _FAILURES = (coredis.exceptions.RedisError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -48,6 +51,7 @@ class RedisBackend:
         self._prefix = prefix
         self._client: Any = coredis.Redis.from_url(url, retry_policy=NoRetryPolicy())
         self.status = "connecting"
+        self._status_changed = trio.Event()
         self.lost = 0
         self.outages = 0
 
@@ -82,9 +86,12 @@ class RedisBackend:
                 await self._reconnect_forever(deliver)
         except BaseExceptionGroup as group:  # the client's own task group: unwrap ours
             error = single_exception(group)
-            if error is None:
-                raise
-            raise error from error.__cause__
+            if error is not None:
+                raise error from error.__cause__
+            cancelled, rest = group.split(trio.Cancelled)
+            if cancelled is not None and rest is not None and rest.split(_TEARDOWN_NOISE)[1] is None:
+                raise cancelled from None  # the hub is closing; coredis's teardown complaints are moot
+            raise
 
     async def _reconnect_forever(self, deliver: Callable[[BroadcastMessage], Awaitable[None]]) -> None:
         backoff = _FIRST_BACKOFF
@@ -108,7 +115,7 @@ class RedisBackend:
             async with pubsub:
                 if self.status == "reconnecting":
                     logger.warning("Redis reachable again at %s: broadcast resumed", self._url)
-                self.status = "connected"
+                self._set_status("connected")
                 connected = True
                 task_status.started()
                 async for message in pubsub:
@@ -136,7 +143,17 @@ class RedisBackend:
             logger.warning(
                 "Redis at %s unreachable (%s): reconnecting; broadcasts meanwhile are lost", self._url, error
             )
-        self.status = "reconnecting"
+        self._set_status("reconnecting")
+
+    def _set_status(self, status: str) -> None:
+        if status != self.status:
+            self.status = status
+            self._status_changed.set()
+            self._status_changed = trio.Event()
+
+    async def status_changed(self) -> None:
+        """Return at the next change of ``status``."""
+        await self._status_changed.wait()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
