@@ -26,6 +26,7 @@ run).  A run that does not finish by its deadline is reported as such, not avera
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -99,10 +100,8 @@ def build_app() -> Any:
                 await hub.publish("room", text)
             else:
                 for member in list(naive_sockets):  # the tutorial pattern
-                    try:
+                    with contextlib.suppress(WebSocketDisconnect):
                         await member.send_text(text)
-                    except WebSocketDisconnect:
-                        pass
             await ws.send_text("published")
 
     return app
@@ -258,10 +257,8 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
 
 
@@ -316,10 +313,11 @@ def main() -> None:
         f"medians of {args.rounds} round(s); stalled = 5% of clients stop reading.\n"
     )
     print(
-        "| clients | stalled | contender | finished | all p50 ms | all p99 ms | msgs/s | delivered | RSS MiB |"
+        "| clients | stalled | contender | finished | all p50 ms | all p99 ms | msgs/s | delivered "
+        "| RSS MiB |"
     )
     print("|---:|---:|---|---|---:|---:|---:|---:|---:|")
-    for (clients, stalled_share, contender), runs in results.items():
+    for (clients, _, contender), runs in results.items():
         p50 = statistics.median(percentile(r.latencies_all, 0.50) * 1000 for r in runs)
         p99 = statistics.median(percentile(r.latencies_all, 0.99) * 1000 for r in runs)
         rate = statistics.median(r.deliveries / r.seconds for r in runs)
@@ -327,8 +325,8 @@ def main() -> None:
         rss = statistics.median(r.rss_mib for r in runs)
         finished = f"{sum(r.finished for r in runs)}/{len(runs)}"
         print(
-            f"| {clients} | {runs[0].stalled} | {contender} | {finished} | {p50:.1f} | {p99:.1f} | {rate:,.0f} "
-            f"| {share:.0%} | {rss:.0f} |"
+            f"| {clients} | {runs[0].stalled} | {contender} | {finished} | {p50:.1f} | {p99:.1f} "
+            f"| {rate:,.0f} | {share:.0%} | {rss:.0f} |"
         )
 
 
