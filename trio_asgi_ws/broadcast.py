@@ -32,7 +32,6 @@ process publishes by way of Redis, like everyone else's, so order is Redis's ord
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -40,15 +39,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import trio
 
-from ._groups import single_exception
+from ._groups import OwnedNursery
 from ._types import Message
 from .websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "Broadcast",
@@ -328,15 +324,14 @@ class open_broadcast:
     def __init__(self, url: str = "memory://", **options: Any) -> None:
         self._backend = _backend_for(url, options)
         self._hub = Broadcast(self._backend)
+        self._owned = OwnedNursery()
 
     async def __aenter__(self) -> Broadcast:
-        self._nursery_manager = trio.open_nursery()
-        self._nursery: trio.Nursery = await self._nursery_manager.__aenter__()
+        nursery = await self._owned.open()
         try:
-            await self._nursery.start(self._run_backend)
+            await nursery.start(self._run_backend)
         except BaseException as error:
-            self._nursery.cancel_scope.cancel()
-            await self._exit(type(error), error, error.__traceback__)
+            await self._owned.close(type(error), error, error.__traceback__)
             raise
         return self._hub
 
@@ -347,19 +342,7 @@ class open_broadcast:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         self._hub._close()
-        self._nursery.cancel_scope.cancel()
-        return await self._exit(exc_type, exc, tb)
-
-    async def _exit(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
-        try:
-            return bool(await self._nursery_manager.__aexit__(exc_type, exc, tb))
-        except BaseExceptionGroup as group:
-            error = single_exception(group)
-            if error is None:
-                raise
-            raise error from error.__cause__
+        return await self._owned.close(exc_type, exc, tb)
 
 
 def _backend_for(url: str, options: dict[str, Any]) -> Backend:

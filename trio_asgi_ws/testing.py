@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -34,13 +33,10 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
-from ._groups import single_exception
+from ._groups import OwnedNursery
 from ._types import ASGIApp, Message, Scope
 from .datastructures import Headers
 from .websockets import WebSocketDisconnect
-
-if sys.version_info < (3, 11):
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["LifespanFailed", "TestWebSocket", "WebSocketDenied", "connect", "run_lifespan"]
 
@@ -88,26 +84,19 @@ class _AppTask:
 
 
 class _NurseryOwner:
-    """An async context manager that owns a nursery and never leaks an ExceptionGroup."""
+    """An async context manager class that owns a nursery (see ``OwnedNursery``)."""
 
-    _nursery_manager: Any = None
+    _owned: OwnedNursery
     nursery: trio.Nursery
 
     async def _open_nursery(self) -> None:
-        self._nursery_manager = trio.open_nursery()
-        self.nursery = await self._nursery_manager.__aenter__()
+        self._owned = OwnedNursery()
+        self.nursery = await self._owned.open()
 
     async def _close_nursery(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        self.nursery.cancel_scope.cancel()
-        try:
-            return bool(await self._nursery_manager.__aexit__(exc_type, exc, tb))
-        except BaseExceptionGroup as group:
-            error = single_exception(group)
-            if error is None:
-                raise
-            raise error from error.__cause__
+        return await self._owned.close(exc_type, exc, tb)
 
 
 class run_lifespan(_NurseryOwner):
@@ -357,28 +346,8 @@ class TestWebSocket(_NurseryOwner):
         return json.loads(await self.receive_text())
 
 
-def connect(
-    app: ASGIApp,
-    url: str = "/",
-    *,
-    subprotocols: Sequence[str] = (),
-    headers: Mapping[str, str] | None = None,
-    timeout: float = 5.0,
-    lifespan: bool = False,
-    state: Mapping[str, Any] | None = None,
-    client: tuple[str, int] = ("testclient", 50000),
-) -> TestWebSocket:
-    """Open an in-process WebSocket to ``app``: use as ``async with connect(app, "/path") as ws``."""
-    return TestWebSocket(
-        app,
-        url,
-        subprotocols=subprotocols,
-        headers=headers,
-        timeout=timeout,
-        lifespan=lifespan,
-        state=state,
-        client=client,
-    )
+connect = TestWebSocket
+"""Open an in-process WebSocket to an app: ``async with connect(app, "/path", ...) as ws``."""
 
 
 def _websocket_scope(
