@@ -15,9 +15,11 @@ return on the lifespan scope.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
 from starlette.websockets import WebSocket as StarletteWebSocket
 
 from trio_asgi_ws import WebSocket
@@ -118,3 +120,18 @@ def _served(handler: App) -> App:
 
 
 SERVED: dict[str, App] = {name: _served(handler) for name, handler in APPS.items()}
+
+
+class StepCounter(trio.abc.Instrument):
+    """A ``trio.abc.Instrument`` counting task steps (each time a task is scheduled and runs).
+
+    ``kind(task_name)`` names the bucket; the structured receive pump's task is always "pump".
+    """
+
+    def __init__(self, kind: Callable[[str], str]) -> None:
+        self._kind = kind
+        self.steps: Counter[str] = Counter()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        name: str = task.name
+        self.steps["pump" if name.startswith("trio_asgi_ws pump") else self._kind(name)] += 1

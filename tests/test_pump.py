@@ -574,3 +574,27 @@ async def test_an_unexpected_error_before_accept_is_answered_with_http_500() -> 
         assert start["status"] == 500
         assert (await fake.expect_sent("websocket.http.response.body"))["body"] == b"Internal Server Error"
     assert isinstance(fake.app_error, RuntimeError)
+
+
+async def test_a_handler_waiting_in_receive_never_wakes_the_pump_however_long_it_waits() -> None:
+    counter = TaskCounter()
+    outcome = Outcome()
+
+    async def body(ws: WebSocket) -> None:
+        await ws.accept()
+        async for text in ws.iter_text():
+            await ws.send_text(text)
+
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with serve_app(structured_app(body, outcome, takeover_delay=0.005)) as fake:
+            await fake.accepted()
+            for i in range(5):
+                await trio.sleep(0.03)  # six takeover delays between messages
+                await fake.send_data(str(i))
+                assert (await fake.expect_sent("websocket.send"))["text"] == str(i)
+            await fake.disconnect()
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert fake.app_error is None
+    assert counter.pump_steps <= 2
