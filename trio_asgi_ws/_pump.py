@@ -9,12 +9,16 @@ moves between them:
 * **Handler reads directly (fast path).**  While the handler keeps coming back to ``receive()``,
   it calls the server's ``receive()`` itself.  No extra task switch, no channel hop: the cost per
   message is a couple of attribute updates.
-* **The pump takes over.**  The pump sleeps on a deadline that is infinite while the handler is
-  in ``receive()`` and ``takeover_delay`` seconds after it last left (two deadline updates per
-  message, about 2 µs here; no task switch).  If the deadline passes, the handler has stayed away
-  from ``receive()`` for a whole ``takeover_delay``: the pump becomes the reader and moves
-  messages into a bounded trio memory channel.  A handler that only sends therefore learns of a
-  disconnect within about ``takeover_delay`` (50 ms by default).
+* **The pump takes over.**  Each time the handler leaves ``receive()`` it *arms* a deadline
+  ``takeover_delay`` seconds ahead, unless one is already armed, so a busy handler costs a counter
+  increment per message.  When the deadline passes the pump looks: if the handler has stayed away
+  from ``receive()`` since the deadline was armed, the pump becomes the reader and moves messages
+  into a bounded trio memory channel; if it read meanwhile and left again, the pump re-arms; if it
+  is waiting in ``receive()``, the look was wasted, and the pump disarms and doubles the next
+  delay (up to ``_MAX_BACKOFF`` times), because a wake-up costs about as much as echoing a
+  message, and a busy handler would otherwise pay one every ``takeover_delay``.  So a handler that
+  only sends learns of a disconnect within about ``2 * takeover_delay``; one that used to receive
+  a lot, within ``2 * _MAX_BACKOFF * takeover_delay`` at worst.
 * **The handler takes the role back.**  When the handler calls ``receive()`` while the pump is
   the reader, it first drains what the pump buffered (in order), then cancels the pump's pending
   ``receive()`` (trio memory channels, which hypercorn and our test driver use, lose nothing when
@@ -55,6 +59,7 @@ _HANDOVER: Final[Message] = {"type": "trio_asgi_ws.handover"}
 
 # Channel slots beyond ``max_messages``: one for a stale handover marker, one for the disconnect.
 _CONTROL_SLOTS: Final = 2
+_MAX_BACKOFF: Final = 4
 
 
 def _payload_size(message: Message) -> int:
@@ -105,7 +110,12 @@ class ReceivePump:
         self._pump_reading = False
         self._handback_requested = False
         self._read_scope: trio.CancelScope | None = None
-        # Takeover deadline: infinite while the handler is in receive(), else delay after it left.
+        # Takeover deadline.
+        self._receives = 0
+        self._armed = False
+        self._armed_at_receives = 0
+        self._backoff = 1
+        self._max_backoff = _MAX_BACKOFF
         self._deadline = math.inf
         self._sleep_scope: trio.CancelScope | None = None
 
@@ -118,19 +128,20 @@ class ReceivePump:
 
     def start(self) -> None:
         """Begin watching the handler: called once the connection is accepted."""
-        self._restart_clock()
+        self._arm()
 
     async def receive(self) -> Message:
         """Return the next ASGI message, from the buffer or straight from the server."""
         if self._queued or self._pump_reading:
             return await self._receive_via_pump()
         self._handler_reading = True
-        self._stop_clock()
         try:
             return await self._receive()
         finally:
             self._handler_reading = False
-            self._restart_clock()
+            self._receives += 1
+            if not self._armed:
+                self._arm()
 
     async def _receive_via_pump(self) -> Message:
         while True:
@@ -139,12 +150,13 @@ class ReceivePump:
                 if self._read_scope is not None:
                     self._read_scope.cancel()
             self._handler_waiting = True
-            self._stop_clock()
             try:
                 message = await self._receive_channel.receive()
             finally:
                 self._handler_waiting = False
-                self._restart_clock()
+                self._receives += 1
+                if not self._armed:
+                    self._arm()
             self._queued -= 1
             if message is not _HANDOVER:
                 if message["type"] == "websocket.receive":
@@ -154,14 +166,14 @@ class ReceivePump:
             if not (self._queued or self._pump_reading):
                 return await self.receive()
 
-    def _stop_clock(self) -> None:
-        """The handler is in receive(): the pump has nothing to watch for."""
-        if self._deadline != math.inf:
-            self._set_deadline(math.inf)
+    def _arm(self) -> None:
+        self._armed = True
+        self._armed_at_receives = self._receives
+        self._set_deadline(trio.current_time() + self._takeover_delay * self._backoff)
 
-    def _restart_clock(self) -> None:
-        """The handler left receive(): the pump takes over unless it is back within the delay."""
-        self._set_deadline(trio.current_time() + self._takeover_delay)
+    def _disarm(self) -> None:
+        self._armed = False
+        self._set_deadline(math.inf)
 
     def _set_deadline(self, deadline: float) -> None:
         self._deadline = deadline
@@ -179,19 +191,25 @@ class ReceivePump:
                 break
         if final["type"] == "websocket.disconnect":
             if self._queued_data:  # let a reading handler have what the client sent first
-                self._takeover_delay = self._linger
-                self._restart_clock()
+                self._takeover_delay, self._backoff, self._max_backoff = self._linger, 1, 1
+                self._arm()
                 await self._wait_for_idle_handler()
             self._on_gone()
 
     async def _wait_for_idle_handler(self) -> None:
-        """Sleep until the handler has stayed out of receive() for a whole delay."""
+        """Sleep until the handler has stayed out of receive() for a whole (backed-off) delay."""
         while True:
             with trio.CancelScope(deadline=self._deadline) as self._sleep_scope:
                 await trio.sleep_forever()
             self._sleep_scope = None
-            idle = not (self._handler_reading or self._handler_waiting)
-            if idle and trio.current_time() >= self._deadline:
+            if self._handler_reading or self._handler_waiting:
+                self._backoff = min(self._backoff * 2, self._max_backoff)  # a wasted look
+                self._disarm()  # it re-arms when it leaves receive()
+            elif self._receives != self._armed_at_receives:
+                self._arm()  # it read meanwhile: give it a full delay from now
+            else:
+                self._backoff = 1
+                self._disarm()
                 return
 
     async def _read_while_handler_away(self) -> Message | None:
