@@ -182,7 +182,7 @@ class WebSocket(Mapping[str, Any]):
     - a client disconnect is seen even while the handler only sends: it sets ``disconnected``,
       makes sends and later ``receive_*`` calls raise ``WebSocketDisconnect``, ends ``iter_*``
       loops, and cancels the block's body (a send-only loop stops within about
-      ``takeover_delay``).  Messages the client sent before leaving are still delivered to a
+      ``2 * takeover_delay``; see ``_pump.py`` for the rare worse case).  Messages the client sent before leaving are still delivered to a
       handler that keeps reading; the body is cancelled once it reaches the disconnect, or once it
       has stayed out of ``receive()`` for ``close_timeout`` seconds;
     - messages that arrive while the handler is away from ``receive()`` wait in a buffer bounded
