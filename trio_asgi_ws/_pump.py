@@ -76,6 +76,7 @@ class ReceivePump:
         self,
         receive: Receive,
         *,
+        handler_in_receive: Callable[[], bool],
         on_disconnect: Callable[[Message], None],
         on_gone: Callable[[], None],
         on_overflow: Callable[[], None],
@@ -91,6 +92,7 @@ class ReceivePump:
         if not takeover_delay >= 0:
             raise ValueError(f"takeover_delay must be >= 0 seconds, got {takeover_delay!r}")
         self._receive = receive
+        self._handler_in_receive = handler_in_receive
         self._on_disconnect = on_disconnect
         self._on_gone = on_gone
         self._on_overflow = on_overflow
@@ -105,7 +107,10 @@ class ReceivePump:
         self._queued_data = 0  # data messages in the channel
         self._queued_bytes = 0
         # Reader role.
-        self._handler_reading = False
+        self.relaying = False
+        """True while messages wait in the buffer or the pump is the reader: then the handler
+        must call ``receive_relayed()``; else it reads the server's ``receive()`` itself and calls
+        ``handler_left()`` afterwards."""
         self._handler_waiting = False
         self._pump_reading = False
         self._handback_requested = False
@@ -130,20 +135,14 @@ class ReceivePump:
         """Begin watching the handler: called once the connection is accepted."""
         self._arm()
 
-    async def receive(self) -> Message:
-        """Return the next ASGI message, from the buffer or straight from the server."""
-        if self._queued or self._pump_reading:
-            return await self._receive_via_pump()
-        self._handler_reading = True
-        try:
-            return await self._receive()
-        finally:
-            self._handler_reading = False
-            self._receives += 1
-            if not self._armed:
-                self._arm()
+    def handler_left(self) -> None:
+        """The handler has left ``receive()``: start the takeover clock unless it is running."""
+        self._receives += 1
+        if not self._armed:
+            self._arm()
 
-    async def _receive_via_pump(self) -> Message:
+    async def receive_relayed(self) -> Message:
+        """The next message while ``relaying``: buffered ones first, then take the reader back."""
         while True:
             if not self._queued and self._pump_reading:
                 self._handback_requested = True
@@ -154,17 +153,18 @@ class ReceivePump:
                 message = await self._receive_channel.receive()
             finally:
                 self._handler_waiting = False
-                self._receives += 1
-                if not self._armed:
-                    self._arm()
             self._queued -= 1
+            self._update_relaying()
             if message is not _HANDOVER:
                 if message["type"] == "websocket.receive":
                     self._queued_data -= 1
                     self._queued_bytes -= _payload_size(message)
                 return message
-            if not (self._queued or self._pump_reading):
-                return await self.receive()
+            if not self.relaying:
+                return await self._receive()
+
+    def _update_relaying(self) -> None:
+        self.relaying = bool(self._queued or self._pump_reading)
 
     def _arm(self) -> None:
         self._armed = True
@@ -202,7 +202,7 @@ class ReceivePump:
             with trio.CancelScope(deadline=self._deadline) as self._sleep_scope:
                 await trio.sleep_forever()
             self._sleep_scope = None
-            if self._handler_reading or self._handler_waiting:
+            if self._handler_in_receive():
                 self._backoff = min(self._backoff * 2, self._max_backoff)  # a wasted look
                 self._disarm()  # it re-arms when it leaves receive()
             elif self._receives != self._armed_at_receives:
@@ -214,7 +214,7 @@ class ReceivePump:
 
     async def _read_while_handler_away(self) -> Message | None:
         """Read until the handler wants the role back; return the message that ended reading."""
-        self._pump_reading = True
+        self._pump_reading = self.relaying = True
         try:
             while not self._handback_requested:
                 message: Message | None = None
@@ -228,6 +228,7 @@ class ReceivePump:
         finally:
             self._pump_reading = False
             self._read_scope = None
+            self._update_relaying()
         self._handback_requested = False
         if self._handler_waiting:
             self._enqueue(_HANDOVER)
@@ -253,4 +254,5 @@ class ReceivePump:
 
     def _enqueue(self, message: Message) -> None:
         self._queued += 1
+        self.relaying = True
         self._send_channel.send_nowait(message)

@@ -134,20 +134,6 @@ async def _no_send(message: Message) -> None:
     raise RuntimeError("Send channel has not been made available")
 
 
-def _text_of(message: Message) -> str:
-    text = message.get("text")
-    if text is None:
-        raise FrameTypeError("text", "binary")
-    return text  # type: ignore[no-any-return]
-
-
-def _bytes_of(message: Message) -> bytes:
-    data = message.get("bytes")
-    if data is None:
-        raise FrameTypeError("binary", "text")
-    return data  # type: ignore[no-any-return]
-
-
 def _check_mode(mode: str) -> None:
     if mode not in ("text", "binary"):
         raise RuntimeError(_MODE_ERROR)
@@ -182,9 +168,10 @@ class WebSocket(Mapping[str, Any]):
     - a client disconnect is seen even while the handler only sends: it sets ``disconnected``,
       makes sends and later ``receive_*`` calls raise ``WebSocketDisconnect``, ends ``iter_*``
       loops, and cancels the block's body (a send-only loop stops within about
-      ``2 * takeover_delay``; see ``_pump.py`` for the rare worse case).  Messages the client sent before leaving are still delivered to a
-      handler that keeps reading; the body is cancelled once it reaches the disconnect, or once it
-      has stayed out of ``receive()`` for ``close_timeout`` seconds;
+      ``2 * takeover_delay``; see ``_pump.py`` for the rare worse case).  Messages the client
+      sent before leaving are still delivered to a handler that keeps reading; the body is
+      cancelled once it reaches the disconnect, or once it has stayed out of ``receive()`` for
+      ``close_timeout`` seconds;
     - messages that arrive while the handler is away from ``receive()`` wait in a buffer bounded
       by ``max_buffered_messages`` and ``max_buffered_bytes``; when it overflows, the block is
       cancelled and the connection closed with 1008, so the client learns it was too fast;
@@ -219,11 +206,12 @@ class WebSocket(Mapping[str, Any]):
         self._max_buffered_bytes = max_buffered_bytes
         self._takeover_delay = takeover_delay
         self._close_timeout = close_timeout
-        self._read: Receive = self._receive
+        self._live_pump: ReceivePump | None = None  # set inside the `async with` block
         self._receiving = False
         self._disconnect: Message | None = None
         self._sending = False
-        self._send_waiters = trio.lowlevel.ParkingLot()
+        self._senders_waiting = 0
+        self._send_turn = trio.lowlevel.ParkingLot()
         self._pump: ReceivePump | None = None
         self._nursery_manager: Any = None
         self._block_scope: trio.CancelScope | None = None
@@ -292,33 +280,47 @@ class WebSocket(Mapping[str, Any]):
         """Receive one ASGI message, enforcing Starlette's state transitions."""
         if self._receiving:
             raise trio.BusyResourceError("another task is already waiting in receive() on this WebSocket")
-        state = self.client_state
-        if state is WebSocketState.DISCONNECTED:
+        if self.client_state is WebSocketState.CONNECTED:
+            pump = self._live_pump
+            self._receiving = True
+            try:
+                if pump is None:
+                    message = await self._receive()
+                elif pump.relaying:
+                    message = await pump.receive_relayed()
+                else:
+                    message = await self._receive()  # the fast path: the pump just watches
+            finally:
+                self._receiving = False
+                if pump is not None:
+                    pump.handler_left()
+            if message["type"] == "websocket.receive":
+                return message
+            return self._received_other(message)
+        if self.client_state is WebSocketState.DISCONNECTED:
             raise WebSocketDisconnected('Cannot call "receive" once a disconnect message has been received.')
         self._receiving = True
         try:
-            if state is WebSocketState.CONNECTED:
-                message = await self._read()
-            else:
-                message = await self._receive()
+            message = await self._receive()
         finally:
             self._receiving = False
         message_type = message["type"]
-        if state is WebSocketState.CONNECTED:
-            if message_type == "websocket.receive":
-                return message
-            if message_type == "websocket.disconnect":
-                self.client_state = WebSocketState.DISCONNECTED
-                self._observe_disconnect(message)
-                return message
-            raise RuntimeError(
-                'Expected ASGI message "websocket.receive" or "websocket.disconnect", '
-                f"but got {message_type!r}"
-            )
         if message_type != "websocket.connect":
             raise RuntimeError(f'Expected ASGI message "websocket.connect", but got {message_type!r}')
         self.client_state = WebSocketState.CONNECTED
         return message
+
+    def _received_other(self, message: Message) -> Message:
+        """A connected socket received something other than data: a disconnect, or an error."""
+        message_type = message["type"]
+        if message_type == "websocket.disconnect":
+            self.client_state = WebSocketState.DISCONNECTED
+            self._observe_disconnect(message)
+            return message
+        raise RuntimeError(
+            'Expected ASGI message "websocket.receive" or "websocket.disconnect", '
+            f"but got {message_type!r}"
+        )
 
     async def send(self, message: Message) -> None:
         """Send one ASGI message, enforcing Starlette's state transitions."""
@@ -339,7 +341,15 @@ class WebSocket(Mapping[str, Any]):
                     f'Expected ASGI message "websocket.send" or "websocket.close", but got {message_type!r}'
                 )
             try:
-                await self._send_serialised(message)
+                if self._sending:  # the send lock, inline: this is every message's path
+                    await self._wait_for_turn()
+                else:
+                    self._sending = True
+                try:
+                    await self._send(message)
+                finally:
+                    if not (self._senders_waiting and self._send_turn.unpark()):
+                        self._sending = False
             except _SEND_FAILURES:
                 self.application_state = WebSocketState.DISCONNECTED
                 self._observe_disconnect({"type": "websocket.disconnect", "code": 1006})
@@ -371,16 +381,22 @@ class WebSocket(Mapping[str, Any]):
     async def _send_serialised(self, message: Message) -> None:
         """Let one task at a time into the server's send(); others queue in FIFO order."""
         if self._sending:
-            await self._send_waiters.park()  # woken holding the turn (handed over below)
+            await self._wait_for_turn()
         else:
             self._sending = True
         try:
             await self._send(message)
         finally:
-            if self._send_waiters:
-                self._send_waiters.unpark()  # hand the turn to the next sender
-            else:
+            if not (self._senders_waiting and self._send_turn.unpark()):
                 self._sending = False
+
+    async def _wait_for_turn(self) -> None:
+        """Queue behind the task that is sending; return holding the turn it hands over."""
+        self._senders_waiting += 1
+        try:
+            await self._send_turn.park()
+        finally:
+            self._senders_waiting -= 1
 
     # -- the handshake ------------------------------------------------------------------------
 
@@ -453,15 +469,19 @@ class WebSocket(Mapping[str, Any]):
 
     # -- data ---------------------------------------------------------------------------------
 
-    async def _receive_data(self) -> Message:
+    async def _receive_field(self, field: str) -> Any:
+        """The ``"text"`` or ``"bytes"`` of the next data message, checked on the way."""
         if self.application_state is not WebSocketState.CONNECTED:
             raise WebSocketDisconnected(_NOT_ACCEPTED)
         if self.client_state is WebSocketState.DISCONNECTED and self._disconnect is not None:
             raise self._disconnect_error()
         message = await self.receive()
-        if message["type"] == "websocket.disconnect":
-            raise self._disconnect_error()
-        return message
+        value = message.get(field)
+        if value is None:  # the other kind of frame, or the client left
+            if message["type"] == "websocket.disconnect":
+                raise self._disconnect_error()
+            raise FrameTypeError(*(("text", "binary") if field == "text" else ("binary", "text")))
+        return value
 
     def _disconnect_error(self) -> WebSocketDisconnect:
         message = self._disconnect or {}
@@ -469,19 +489,18 @@ class WebSocket(Mapping[str, Any]):
 
     async def receive_text(self) -> str:
         """Receive a text frame; a binary frame raises ``FrameTypeError``."""
-        return _text_of(await self._receive_data())
+        return await self._receive_field("text")  # type: ignore[no-any-return]
 
     async def receive_bytes(self) -> bytes:
         """Receive a binary frame; a text frame raises ``FrameTypeError``."""
-        return _bytes_of(await self._receive_data())
+        return await self._receive_field("bytes")  # type: ignore[no-any-return]
 
     async def receive_json(self, mode: str = "text") -> Any:
         """Receive a JSON document from a text frame (or a binary one with ``mode="binary"``)."""
         _check_mode(mode)
-        message = await self._receive_data()
         if mode == "text":
-            return json.loads(_text_of(message))
-        return json.loads(_bytes_of(message).decode("utf-8"))
+            return json.loads(await self._receive_field("text"))
+        return json.loads((await self._receive_field("bytes")).decode("utf-8"))
 
     def iter_text(self) -> _MessageIterator[str]:
         """``async for`` over text frames until the client disconnects."""
@@ -545,6 +564,7 @@ class WebSocket(Mapping[str, Any]):
             raise WebSocketDisconnected("Cannot enter structured mode after a disconnect.")
         self._pump = ReceivePump(
             self._receive,
+            handler_in_receive=lambda: self._receiving,
             on_disconnect=self._record_disconnect,
             on_gone=self._cancel_block,
             on_overflow=self._observe_overflow,
@@ -553,7 +573,7 @@ class WebSocket(Mapping[str, Any]):
             takeover_delay=self._takeover_delay,
             linger=self._close_timeout,
         )
-        self._read = self._pump.receive
+        self._live_pump = self._pump
         self._nursery_manager = trio.open_nursery()
         nursery: trio.Nursery = await self._nursery_manager.__aenter__()
         self._block_scope = nursery.cancel_scope
@@ -581,7 +601,7 @@ class WebSocket(Mapping[str, Any]):
         finally:
             self._block_scope = None
             self._nursery_manager = None
-            self._read = self._receive
+            self._live_pump = None
         if self._disconnect is not None:
             self.client_state = WebSocketState.DISCONNECTED
         await self._finish(exc)
