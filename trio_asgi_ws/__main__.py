@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -39,6 +40,12 @@ def load_app(target: str) -> Any:
         except AttributeError:
             raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
     return app
+
+
+async def _parent_gone(parent: int) -> None:
+    """Return once the supervising process has died (a worker is then re-parented)."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event exists for a parent's death
+        await trio.sleep(0.5)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,8 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_config(args.host, args.port, **options)
     except ValueError as error:
         parser.error(str(error))
-    if args.fd is not None:  # a worker: serve on the socket the supervisor bound
+    if args.fd is not None:  # a worker: serve on the socket the supervisor bound, while it lives
         options["sockets"] = socket.socket(fileno=args.fd)
+        options["shutdown_trigger"] = partial(_parent_gone, os.getppid())
     elif args.workers > 1 or args.reload:
         worker_argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--reload"]
         return trio.run(supervise, worker_argv, args.host, args.port, args.workers, args.reload)
