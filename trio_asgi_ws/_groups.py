@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["OwnedNursery", "single_exception"]
+__all__ = ["OwnedNursery", "raise_single", "single_exception"]
 
 
 def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -26,6 +26,14 @@ def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException 
         error: BaseException = group.exceptions[0]
         return error
     return None
+
+
+def raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Re-raise the lone exception inside ``group`` as itself; a real group stays a group."""
+    error = single_exception(group)
+    if error is None:
+        raise group
+    raise error from error.__cause__
 
 
 class OwnedNursery:
@@ -48,7 +56,4 @@ class OwnedNursery:
         try:
             return bool(await self._manager.__aexit__(exc_type, exc, tb))
         except BaseExceptionGroup as group:
-            error = single_exception(group)
-            if error is None:
-                raise
-            raise error from error.__cause__
+            raise_single(group)

@@ -122,6 +122,9 @@ async def supervise(worker_argv: list[str], host: str, port: int, workers: int, 
                     nonlocal stopping
                     codes.clear()
                     await _run_workers(command, sock, workers, codes)
+                    if reload:  # e.g. a syntax error: wait for the next change, then try again
+                        logger.error("Worker exited with %s; waiting for a change to reload", codes)
+                        return
                     stopping = True  # a worker ended on its own: stop
                     cancel_scope.cancel()
 

@@ -17,6 +17,7 @@ A second task calling ``receive()`` while another is waiting in it gets ``trio.B
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import re
@@ -27,7 +28,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from ._groups import single_exception
+from ._groups import raise_single, single_exception
 from ._pump import ReceivePump
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .datastructures import URL, Address, Headers, QueryParams, State
@@ -624,11 +625,14 @@ class WebSocket(Mapping[str, Any]):
         return 1011, ""
 
     async def _finish(self, error: BaseException | None) -> None:
-        """Close if still open as ``error`` calls for, then read until the client's close.
+        """Close if still open as ``error`` calls for, and read until the client's close.
 
         Before accept an unexpected error is answered with HTTP 500 (when the server supports
-        denial responses), anything else with a plain close (HTTP 403).  Bounded by
-        ``close_timeout``; shielded from outside cancellation, so cleanup always happens.
+        denial responses), anything else with a plain close (HTTP 403).  After accept the reading
+        runs *while* the close is sent: hypercorn's send path can itself wait for room in its
+        full receive queue (it queues the disconnect there when it finds the peer gone), and
+        only a reader makes that room.  Bounded by ``close_timeout``; shielded from outside
+        cancellation, so cleanup always happens.
         """
         code, reason = self._exit_close(error)
         with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
@@ -638,19 +642,24 @@ class WebSocket(Mapping[str, Any]):
                 else:
                     await self.close(code, reason)
                 return
-            if self.application_state is WebSocketState.CONNECTED:
-                try:
-                    await self.close(code, reason)
-                except WebSocketDisconnect:
-                    return
-            if self.client_state is not WebSocketState.CONNECTED or self._disconnect is not None:
+            try:
+                async with trio.open_nursery() as nursery:
+                    if self.client_state is WebSocketState.CONNECTED and self._disconnect is None:
+                        nursery.start_soon(self._discard_until_disconnect)
+                    if self.application_state is WebSocketState.CONNECTED:
+                        with contextlib.suppress(WebSocketDisconnect):  # gone already
+                            await self.close(code, reason)
+            except BaseExceptionGroup as group:
+                raise_single(group)
+
+    async def _discard_until_disconnect(self) -> None:
+        """Read and drop what the client still sends, until its disconnect arrives."""
+        while True:
+            message = await self._receive()
+            if message["type"] == "websocket.disconnect":
+                self.client_state = WebSocketState.DISCONNECTED
+                self._observe_disconnect(message)
                 return
-            while True:
-                message = await self._receive()
-                if message["type"] == "websocket.disconnect":
-                    self.client_state = WebSocketState.DISCONNECTED
-                    self._observe_disconnect(message)
-                    return
 
 
 async def _internal_error_response(scope: Scope, receive: Receive, send: Send) -> None:

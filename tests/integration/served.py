@@ -89,5 +89,17 @@ async def start_cli(
 
 async def drain_stderr(process: trio.Process) -> None:
     assert process.stderr is not None
-    while await process.stderr.receive_some():
-        pass
+    while chunk := await process.stderr.receive_some():
+        if os.environ.get("SHOW_SERVER_LOG"):
+            sys.stderr.write(chunk.decode(errors="replace"))
+
+
+async def stop_process(process: trio.Process) -> None:
+    """Kill ``process`` if it still runs, wait for it, and close its pipes."""
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                await stream.aclose()

@@ -12,7 +12,7 @@ import trio.testing
 
 from tests.integration.conftest import open_client
 from tests.integration.redis_server import RedisServer
-from tests.integration.served import drain_stderr, start_cli
+from tests.integration.served import drain_stderr, start_cli, stop_process
 from trio_asgi_ws.broadcast import open_broadcast
 
 DEADLINE = 15.0
@@ -117,6 +117,4 @@ async def test_two_server_processes_share_a_chat_room_through_redis_even_across_
                 nursery.cancel_scope.cancel()
         finally:
             for process in (first, second):
-                process.kill()
-                with trio.CancelScope(shield=True):
-                    await process.wait()
+                await stop_process(process)
