@@ -7,8 +7,9 @@ candidates, the handler (inside ``WebSocket.receive``) and the pump task, and th
 moves between them:
 
 * **Handler reads directly (fast path).**  While the handler keeps coming back to ``receive()``,
-  it calls the server's ``receive()`` itself.  No extra task switch, no channel hop: the cost per
-  message is a couple of attribute updates.
+  it calls the server's ``receive()`` itself (``WebSocket.receive`` checks ``relaying``, then
+  calls ``handler_left()`` afterwards).  No extra task switch, no channel hop: the cost per
+  message is a few attribute updates.
 * **The pump takes over.**  Each time the handler leaves ``receive()`` it *arms* a deadline
   ``takeover_delay`` seconds ahead, unless one is already armed, so a busy handler costs a counter
   increment per message.  When the deadline passes the pump looks: if the handler has stayed away
