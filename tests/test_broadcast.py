@@ -272,3 +272,25 @@ async def test_forward_returns_quietly_when_the_socket_is_gone() -> None:
             nursery.start_soon(hub.publish, "t", "x")
         assert fake.app_error is None
         assert hub.topics == {}
+
+
+async def test_a_socket_that_never_reads_costs_one_bounded_buffer_through_10000_publishes() -> None:
+    """The client stops reading: its send blocks forever; the publisher and a reader never notice."""
+    async with open_broadcast() as hub:
+        app = hub_app(hub, max_buffer=50)
+        async with serve_app(app, websocket_scope("/rooms/1")) as fake, hub.subscribe("room:1") as reader:
+            await fake.accepted()
+            assert (await fake.expect_sent("websocket.send"))["text"] == "subscribed"
+            fake.send_gate = trio.Event()  # never set while publishing: every send blocks
+            (dead,) = [s for s in hub._topics["room:1"] if s is not reader]
+            got = 0
+            for i in range(10_000):
+                await hub.publish("room:1", str(i))
+                if reader.buffered:
+                    got += len(await drain(reader))
+            assert got == 10_000 and reader.dropped == 0
+            assert dead.buffered == dead.peak_buffered == 50  # one message is stuck in the send
+            assert dead.dropped == 10_000 - 50 - 1
+            fake.send_gate.set()
+            await fake.disconnect(1006)
+        assert fake.app_error is None
