@@ -467,30 +467,6 @@ class TaskCounter(trio.abc.Instrument):
             self.pump_steps += 1
 
 
-async def test_an_echo_on_the_fast_path_never_wakes_the_pump_and_leaves_no_task() -> None:
-    counter = TaskCounter()
-    outcome = Outcome()
-
-    async def body(ws: WebSocket) -> None:
-        await ws.accept()
-        async for text in ws.iter_text():
-            await ws.send_text(text)
-
-    trio.lowlevel.add_instrument(counter)
-    try:
-        async with serve_app(structured_app(body, outcome, takeover_delay=60)) as fake:
-            await fake.accepted()
-            for i in range(200):
-                await fake.send_data(str(i))
-                assert (await fake.expect_sent("websocket.send"))["text"] == str(i)
-            await fake.disconnect()
-    finally:
-        trio.lowlevel.remove_instrument(counter)
-    assert fake.app_error is None
-    assert counter.pump_steps <= 2  # its first step and its cancellation: none per message
-    assert not counter.live  # every task spawned during the connection has exited
-
-
 async def test_the_disconnect_reason_from_spec_25_servers_reaches_the_handler() -> None:
     outcome = Outcome()
 
@@ -576,7 +552,10 @@ async def test_an_unexpected_error_before_accept_is_answered_with_http_500() -> 
     assert isinstance(fake.app_error, RuntimeError)
 
 
-async def test_a_handler_idle_in_receive_costs_at_most_one_pump_look_per_message() -> None:
+async def echo_counting_pump_steps(
+    messages: int, gap: float, takeover_delay: float
+) -> tuple[TaskCounter, float]:
+    """Echo ``messages`` with ``gap`` seconds before each; count the pump's steps and every task."""
     counter = TaskCounter()
     outcome = Outcome()
 
@@ -587,41 +566,35 @@ async def test_a_handler_idle_in_receive_costs_at_most_one_pump_look_per_message
 
     trio.lowlevel.add_instrument(counter)
     try:
-        async with serve_app(structured_app(body, outcome, takeover_delay=0.005)) as fake:
-            await fake.accepted()
-            for i in range(10):
-                await trio.sleep(0.03)  # at least 1.5 backed-off takeover delays between messages
-                await fake.send_data(str(i))
-                assert (await fake.expect_sent("websocket.send"))["text"] == str(i)
-            await fake.disconnect()
-    finally:
-        trio.lowlevel.remove_instrument(counter)
-    assert fake.app_error is None
-    assert 2 <= counter.pump_steps <= 10 + 2  # it looks (and finds the handler reading), no more
-
-
-async def test_wasted_looks_back_off_for_a_busy_handler() -> None:
-    counter = TaskCounter()
-    outcome = Outcome()
-
-    async def body(ws: WebSocket) -> None:
-        await ws.accept()
-        async for text in ws.iter_text():
-            await ws.send_text(text)
-
-    trio.lowlevel.add_instrument(counter)
-    try:
-        async with serve_app(structured_app(body, outcome, takeover_delay=0.005)) as fake:
+        async with serve_app(structured_app(body, outcome, takeover_delay=takeover_delay)) as fake:
             await fake.accepted()
             start = trio.current_time()
-            for i in range(100):
-                await trio.sleep(0.002)
+            for i in range(messages):
+                if gap:
+                    await trio.sleep(gap)
                 await fake.send_data(str(i))
-                await fake.expect_sent("websocket.send")
+                assert (await fake.expect_sent("websocket.send"))["text"] == str(i)
             elapsed = trio.current_time() - start
             await fake.disconnect()
     finally:
         trio.lowlevel.remove_instrument(counter)
     assert fake.app_error is None
+    return counter, elapsed
+
+
+async def test_an_echo_on_the_fast_path_never_wakes_the_pump_and_leaves_no_task() -> None:
+    counter, _ = await echo_counting_pump_steps(200, gap=0, takeover_delay=60)
+    assert counter.pump_steps <= 2  # its first step and its cancellation: none per message
+    assert not counter.live  # every task spawned during the connection has exited
+
+
+async def test_a_handler_idle_in_receive_costs_at_most_one_pump_look_per_message() -> None:
+    # At least 1.5 backed-off takeover delays between messages.
+    counter, _ = await echo_counting_pump_steps(10, gap=0.03, takeover_delay=0.005)
+    assert 2 <= counter.pump_steps <= 10 + 2  # it looks (and finds the handler reading), no more
+
+
+async def test_wasted_looks_back_off_for_a_busy_handler() -> None:
+    counter, elapsed = await echo_counting_pump_steps(100, gap=0.002, takeover_delay=0.005)
     without_backoff = elapsed / 0.005
     assert counter.pump_steps <= without_backoff / 2  # it backs off to 4 x delay: ~1/4 of them
