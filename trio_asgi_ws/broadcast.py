@@ -191,6 +191,16 @@ class Subscription:
         """The next message; raises ``StopAsyncIteration`` when the subscription has ended."""
         return await self.__anext__()
 
+    def receive_nowait(self) -> BroadcastMessage:
+        """The next buffered message; ``trio.WouldBlock`` if there is none yet."""
+        try:
+            message = self._receive.receive_nowait()
+        except trio.EndOfChannel:
+            raise trio.WouldBlock from None  # the ending surfaces through receive()/iteration
+        self.buffered -= 1
+        self.delivered += 1
+        return message
+
 
 class Backend(Protocol):
     """Carries published messages to every hub on the same channel (process, Redis, ...)."""
@@ -283,6 +293,8 @@ class Broadcast:
             try:
                 async for message in subscription:
                     await websocket.send(message.asgi)
+                    while subscription.buffered:  # catch up without a scheduler pass per message
+                        await websocket.send(subscription.receive_nowait().asgi)
             except SubscriberTooSlow:
                 await websocket.close(TRY_AGAIN_LATER, "too slow: fell behind the broadcast")
             except (WebSocketDisconnect, WebSocketDisconnected):
