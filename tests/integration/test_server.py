@@ -215,3 +215,44 @@ async def test_reload_restarts_the_worker_when_a_source_file_changes(tmp_path: P
                 assert await process.wait() == 0
     finally:
         await stop_process(process)
+
+
+async def test_reload_waits_out_a_broken_module_and_serves_again_once_fixed(tmp_path: Path) -> None:
+    module = tmp_path / "fragile.py"
+    good = textwrap.dedent(
+        """
+        from trio_asgi_ws.routing import Router
+        app = Router()
+        @app.websocket("/")
+        async def hello(ws):
+            await ws.accept()
+            await ws.send_text("VERSION")
+        """
+    )
+    module.write_text(good.replace("VERSION", "first"))
+    process, port, _ = await start_cli(
+        "fragile:app", "--reload", "--ping-interval", "0", "--read-timeout", "0", cwd=tmp_path
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain_stderr, process)
+            module.write_text("this is not python(\n")
+            await trio.sleep(2.5)  # the supervisor notices, restarts, the worker dies on import
+            assert process.returncode is None  # the supervisor waits for the next change
+            module.write_text(good.replace("VERSION", "fixed"))
+            versions: list[str] = []
+            with trio.fail_after(DEADLINE):
+                while not versions:
+                    with trio.move_on_after(2):
+                        try:
+                            async with open_client(f"ws://127.0.0.1:{port}/") as ws:
+                                versions.append(await ws.get_message())
+                        except (OSError, ConnectionRejected, ConnectionClosed):
+                            await trio.sleep(0.1)
+            assert versions == ["fixed"]
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(DEADLINE):
+                assert await process.wait() == 0
+            nursery.cancel_scope.cancel()
+    finally:
+        await stop_process(process)
