@@ -125,11 +125,6 @@ class ReceivePump:
         self._deadline = math.inf
         self._sleep_scope: trio.CancelScope | None = None
 
-    @property
-    def buffered(self) -> tuple[int, int]:
-        """Data messages and payload bytes waiting in the buffer."""
-        return self._queued_data, self._queued_bytes
-
     # -- handler side -----------------------------------------------------------------------
 
     def start(self) -> None:

@@ -158,14 +158,16 @@ class Subscription:
             return
         except trio.ClosedResourceError:
             return  # ended meanwhile
-        self.buffered += 1
-        self.peak_buffered = max(self.peak_buffered, self.buffered)
+        self._count_buffered()
 
     async def _offer_blocking(self, message: BroadcastMessage) -> None:
         try:
             await self._send.send(message)
         except trio.ClosedResourceError:
             return
+        self._count_buffered()
+
+    def _count_buffered(self) -> None:
         self.buffered += 1
         self.peak_buffered = max(self.peak_buffered, self.buffered)
 
@@ -183,9 +185,7 @@ class Subscription:
                     f"subscriber to {self.topic!r} fell {self.max_buffer} messages behind"
                 ) from None
             raise StopAsyncIteration from None
-        self.buffered -= 1
-        self.delivered += 1
-        return message
+        return self._count_delivered(message)
 
     async def receive(self) -> BroadcastMessage:
         """The next message; raises ``StopAsyncIteration`` when the subscription has ended."""
@@ -197,6 +197,9 @@ class Subscription:
             message = self._receive.receive_nowait()
         except trio.EndOfChannel:
             raise trio.WouldBlock from None  # the ending surfaces through receive()/iteration
+        return self._count_delivered(message)
+
+    def _count_delivered(self, message: BroadcastMessage) -> BroadcastMessage:
         self.buffered -= 1
         self.delivered += 1
         return message

@@ -319,8 +319,7 @@ class WebSocket(Mapping[str, Any]):
             self._observe_disconnect(message)
             return message
         raise RuntimeError(
-            'Expected ASGI message "websocket.receive" or "websocket.disconnect", '
-            f"but got {message_type!r}"
+            f'Expected ASGI message "websocket.receive" or "websocket.disconnect", but got {message_type!r}'
         )
 
     async def send(self, message: Message) -> None:
@@ -412,8 +411,8 @@ class WebSocket(Mapping[str, Any]):
         if self.client_state is WebSocketState.CONNECTING:
             await self.receive()
         await self.send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": checked_headers})
-        if self._pump is not None:
-            self._pump.start()
+        if self._live_pump is not None:
+            self._live_pump.start()
 
     def _check_subprotocol(self, subprotocol: str | None) -> None:
         if subprotocol is None:

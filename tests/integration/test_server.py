@@ -200,16 +200,7 @@ async def test_reload_restarts_the_worker_when_a_source_file_changes(tmp_path: P
                         await ws.get_message()
                     codes.append(info.value.reason.code)
             assert codes == [1001]
-            versions: list[str] = []
-            with trio.fail_after(DEADLINE):
-                while not versions:  # the new worker serves on the same socket once it has started
-                    with trio.move_on_after(2):  # one attempt; a connection made mid-restart may hang
-                        try:
-                            async with open_client(f"ws://127.0.0.1:{port}/") as ws:
-                                versions.append(await ws.get_message())
-                        except (OSError, ConnectionRejected, ConnectionClosed):
-                            await trio.sleep(0.1)
-            assert versions == ["two"]
+            assert await first_message_once_serving(port) == "two"
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(DEADLINE):
                 assert await process.wait() == 0
@@ -240,19 +231,22 @@ async def test_reload_waits_out_a_broken_module_and_serves_again_once_fixed(tmp_
             await trio.sleep(2.5)  # the supervisor notices, restarts, the worker dies on import
             assert process.returncode is None  # the supervisor waits for the next change
             module.write_text(good.replace("VERSION", "fixed"))
-            versions: list[str] = []
-            with trio.fail_after(DEADLINE):
-                while not versions:
-                    with trio.move_on_after(2):
-                        try:
-                            async with open_client(f"ws://127.0.0.1:{port}/") as ws:
-                                versions.append(await ws.get_message())
-                        except (OSError, ConnectionRejected, ConnectionClosed):
-                            await trio.sleep(0.1)
-            assert versions == ["fixed"]
+            assert await first_message_once_serving(port) == "fixed"
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(DEADLINE):
                 assert await process.wait() == 0
             nursery.cancel_scope.cancel()
     finally:
         await stop_process(process)
+
+
+async def first_message_once_serving(port: int) -> str:
+    """The first message of a new connection, retried until a (re)started worker serves it."""
+    with trio.fail_after(DEADLINE):
+        while True:
+            with trio.move_on_after(2):  # one attempt; a connection made mid-restart may hang
+                try:
+                    async with open_client(f"ws://127.0.0.1:{port}/") as ws:
+                        return str(await ws.get_message())
+                except (OSError, ConnectionRejected, ConnectionClosed):
+                    await trio.sleep(0.1)
