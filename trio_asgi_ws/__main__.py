@@ -59,8 +59,22 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ping-interval", type=float, default=20.0, help="seconds between pings; 0: none")
     parser.add_argument("--read-timeout", type=int, default=60, help="drop silent peers after; 0: never")
     parser.add_argument(
+        "--send-timeout",
+        type=float,
+        default=10.0,
+        help="drop a client whose sends make no progress for this long; 0: never (default 10)",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=["none", "deflate"],
+        default="none",
+        help="negotiate permessage-deflate with clients that offer it (default none)",
+    )
+    parser.add_argument(
         "--graceful-timeout", type=float, default=10.0, help="seconds handlers get on shutdown"
     )
+    parser.add_argument("--certfile", help="serve TLS (wss://) with this PEM certificate chain")
+    parser.add_argument("--keyfile", help="the PEM private key for --certfile")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     return parser
@@ -80,8 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_message_size": args.max_message_size,
         "ping_interval": args.ping_interval or None,
         "read_timeout": args.read_timeout or None,
+        "send_timeout": args.send_timeout or None,
+        "compression": None if args.compression == "none" else args.compression,
         "graceful_timeout": args.graceful_timeout,
     }
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.error("--certfile and --keyfile go together")
+    if args.certfile is not None:
+        options.update(certfile=args.certfile, keyfile=args.keyfile)
     try:
         build_config(args.host, args.port, **options)
     except ValueError as error:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import trio
 
+from .server import TERMINATION_SIGNALS
+
 __all__ = ["supervise"]
 
 logger = logging.getLogger("trio_asgi_ws")
@@ -61,6 +63,23 @@ async def _wait_for_change(root: Path) -> None:
             return
 
 
+async def _start_worker(command: list[str], sock: socket.socket) -> trio.Process:
+    """Start one worker with SIGINT/SIGTERM blocked; it unblocks them once it handles them.
+
+    A signal that arrives while the worker is still starting up (Ctrl-C reaches the whole
+    process group, and we forward SIGTERM) then waits for its handlers instead of killing it.
+    The mask is set in the child between fork and exec: trio starts processes from a worker
+    thread, whose mask the supervisor does not control.
+    """
+    return await trio.lowlevel.open_process(
+        command, pass_fds=(sock.fileno(),), preexec_fn=_block_termination_signals
+    )
+
+
+def _block_termination_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, TERMINATION_SIGNALS)
+
+
 async def _run_workers(command: list[str], sock: socket.socket, workers: int, codes: list[int]) -> None:
     """Run the workers until one exits; cancelling this, or one exiting, stops them all (SIGTERM).
 
@@ -70,7 +89,7 @@ async def _run_workers(command: list[str], sock: socket.socket, workers: int, co
     try:
         async with trio.open_nursery() as nursery:
             for _ in range(workers):
-                process = await trio.lowlevel.open_process(command, pass_fds=(sock.fileno(),))
+                process = await _start_worker(command, sock)
                 processes.append(process)
 
                 async def watch(process: trio.Process = process) -> None:
@@ -102,7 +121,7 @@ async def supervise(worker_argv: list[str], host: str, port: int, workers: int, 
     ]
     logger.info("Supervising %d worker(s) on %s:%d%s", workers, host, port, " with reload" if reload else "")
     codes: list[int] = []
-    with sock, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with sock, trio.open_signal_receiver(*TERMINATION_SIGNALS) as signals:
         stopping = False
         while not stopping:
             async with trio.open_nursery() as nursery:

@@ -1,14 +1,22 @@
-"""Serving: hypercorn's trio worker with WebSocket-friendly settings and a graceful shutdown.
+"""Serving: hypercorn's trio worker with WebSocket-friendly settings, hardened against hostile clients.
 
-``await serve(app)`` runs hypercorn's trio worker on one process.  On SIGINT/SIGTERM (or when
-``shutdown_trigger`` returns) it stops taking new WebSockets, closes every open one itself with
-**1001 Going Away** (hypercorn alone would just drop them, and clients would see 1006), lets each
-handler's structured block finish, and only then lets hypercorn stop, running the lifespan
-shutdown.  Handlers that take longer than ``graceful_timeout`` are cancelled.
+``await serve(app)`` runs hypercorn's trio worker on one process, with the corrections in
+``_hypercorn_fixes`` applied (bounded memory per connection, clients that stop reading dropped,
+sockets released at once, a shutdown that always ends; docs/reliability.md has the figures).
+
+On SIGINT/SIGTERM (or when ``shutdown_trigger`` returns) it stops taking new WebSockets, closes
+every open one itself with **1001 Going Away** (hypercorn alone would just drop them, and clients
+would see 1006), lets each handler's structured block finish, and only then lets hypercorn stop,
+running the lifespan shutdown.  Handlers that take longer than ``graceful_timeout`` are
+cancelled; connections still open a second after that are aborted, so the process exits within
+``graceful_timeout`` plus about a second whatever its clients do.  Further signals during the
+shutdown are logged and ignored; a signal during start-up (before the lifespan startup has
+finished) stops the server at once.
 
 Defaults differ from hypercorn's where WebSockets need it: messages are limited to 1 MiB (not
-16 MiB), pings go out every 20 s, and a connection that sends nothing, not even a pong, for
-``read_timeout`` seconds is dropped, so dead peers are noticed.
+16 MiB), compression is off (hypercorn always negotiates it), pings go out every 20 s, a
+connection that sends nothing, not even a pong, for ``read_timeout`` seconds is dropped, and so
+is one whose sends make no progress for ``send_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -17,13 +25,16 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
-from hypercorn.config import Config, Sockets
+from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 
+from . import _hypercorn_fixes
+from ._hypercorn_fixes import Compression, GuardedConfig
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["GracefulShutdown", "build_config", "serve"]
@@ -31,7 +42,9 @@ __all__ = ["GracefulShutdown", "build_config", "serve"]
 logger = logging.getLogger("trio_asgi_ws")
 
 GOING_AWAY = 1001
+TERMINATION_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _LEFTOVER_GRACE = 1.0
+_ABORT_MARGIN = 0.2
 
 
 class _Connection:
@@ -118,22 +131,35 @@ def build_config(
     max_message_size: int = 1024 * 1024,
     ping_interval: float | None = 20.0,
     read_timeout: int | None = 60,
+    send_timeout: float | None = 10.0,
+    compression: Compression = None,
     graceful_timeout: float = 10.0,
     **options: Any,
-) -> Config:
-    """A hypercorn ``Config`` for WebSockets; ``options`` are any other hypercorn settings."""
+) -> GuardedConfig:
+    """A hypercorn ``Config`` for WebSockets; ``options`` are any other hypercorn settings.
+
+    ``send_timeout``: seconds a send may make no progress before the connection is aborted
+    (None: never).  ``compression``: ``"deflate"`` to negotiate permessage-deflate with clients
+    that offer it (inflation bounded by ``max_message_size``), None (the default) for none.
+    """
     if max_message_size < 1:
         raise ValueError(f"max_message_size must be positive, got {max_message_size!r}")
+    if send_timeout is not None and not send_timeout > 0:
+        raise ValueError(f"send_timeout must be positive seconds or None, got {send_timeout!r}")
+    if compression not in (None, "deflate"):
+        raise ValueError(f"compression must be 'deflate' or None, got {compression!r}")
     if ping_interval is not None and read_timeout is not None and read_timeout <= ping_interval:
         raise ValueError(
             f"read_timeout ({read_timeout} s) must be longer than ping_interval ({ping_interval} s), "
             "or live but quiet clients are dropped"
         )
-    config = Config()
+    config = GuardedConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.websocket_max_message_size = max_message_size
     config.websocket_ping_interval = ping_interval
     config.read_timeout = read_timeout
+    config.send_timeout = send_timeout
+    config.compression = compression
     config.graceful_timeout = graceful_timeout
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through the root handlers, once
@@ -164,38 +190,105 @@ async def serve(
     """
     config = build_config(host, port, **options)
     tracker = GracefulShutdown(app)
+    stop = trio.Event()
+    if sockets is None:
+        listening = None
+    elif config.ssl_enabled:
+        listening = Sockets([sockets], [], [])
+    else:
+        listening = Sockets([], [sockets], [])
 
     async def shut_down_gracefully() -> None:
-        async with trio.open_nursery() as nursery:
-            stop = trio.Event()
-
-            async def wait_then_stop(wait: Callable[[], Awaitable[object]]) -> None:
-                await wait()
-                stop.set()
-
-            if shutdown_trigger is not None:
-                nursery.start_soon(wait_then_stop, shutdown_trigger)
-            if handle_signals:
-                nursery.start_soon(wait_then_stop, _termination_signal)
-            await stop.wait()
-            nursery.cancel_scope.cancel()
+        await stop.wait()
         await tracker.close_all(config.graceful_timeout)
-        # Every WebSocket handler has finished.  What hypercorn still runs on their connections
-        # (its ping loop sleeps a whole ping_interval before noticing a close) would hold the
-        # shutdown for the full graceful_timeout, so leave it only a short grace.
+        # Every WebSocket handler has finished or been cancelled.  What hypercorn still runs on
+        # their connections (its ping loop, a send stuck on a client that stopped reading) could
+        # hold the shutdown: give it a short grace, then abort what is left.
         config.graceful_timeout = min(config.graceful_timeout, _LEFTOVER_GRACE)
+        nursery.start_soon(_abort_after, config.graceful_timeout + _ABORT_MARGIN, config.guard)
 
-    await worker_serve(
-        ASGIWrapper(tracker),  # type: ignore[arg-type]  # hypercorn's TypedDict scopes vs. our mappings
-        config,
-        sockets=Sockets([], [sockets], []) if sockets is not None else None,
-        shutdown_trigger=shut_down_gracefully,
-        task_status=task_status,
-    )
+    with _hypercorn_fixes.applied():
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                await nursery.start(_stop_on_signals, stop)
+            if shutdown_trigger is not None:
+                nursery.start_soon(_set_when_returned, shutdown_trigger, stop)
+            nursery.start_soon(config.guard.run)
+            await _serve_unless_stopped_first(
+                partial(
+                    worker_serve,
+                    ASGIWrapper(tracker),  # type: ignore[arg-type]  # hypercorn's TypedDict scopes
+                    config,
+                    sockets=listening,
+                    shutdown_trigger=shut_down_gracefully,
+                ),
+                stop,
+                task_status,
+            )
+            nursery.cancel_scope.cancel()
 
 
-async def _termination_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _serve_unless_stopped_first(
+    worker: Callable[..., Awaitable[None]],
+    stop: trio.Event,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    """Run ``worker``; if ``stop`` is set before it starts serving, cancel it (nothing to close)."""
+    serving = False
+
+    def started(binds: list[str]) -> None:
+        nonlocal serving
+        serving = True
+        task_status.started(binds)
+
+    async with trio.open_nursery() as nursery:
+
+        async def cancel_if_still_starting() -> None:
+            await stop.wait()
+            if not serving:
+                logger.info("Stopped during start-up")
+                nursery.cancel_scope.cancel()
+
+        nursery.start_soon(cancel_if_still_starting)
+        await worker(task_status=_Started(started))
+        nursery.cancel_scope.cancel()
+
+
+class _Started:
+    """A ``task_status`` that calls a function when the task reports it has started."""
+
+    def __init__(self, callback: Callable[[list[str]], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: list[str]) -> None:
+        self._callback(value)
+
+
+async def _set_when_returned(wait: Callable[[], Awaitable[object]], event: trio.Event) -> None:
+    await wait()
+    event.set()
+
+
+async def _abort_after(seconds: float, guard: _hypercorn_fixes.ConnectionGuard) -> None:
+    await trio.sleep(seconds)
+    guard.abort_all()
+
+
+async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
+    """Set ``stop`` on SIGINT/SIGTERM, for as long as the server runs; later signals are logged.
+
+    Keeping the handlers installed matters: a second signal (Ctrl-C reaches a supervisor and its
+    workers, which the supervisor then also signals) must not kill a worker that is closing its
+    connections.  A supervisor starts its workers with these signals blocked, so that one
+    arriving before the handlers exist waits for them; they are unblocked here.
+    """
+    with trio.open_signal_receiver(*TERMINATION_SIGNALS) as signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATION_SIGNALS)
+        task_status.started()
         async for signum in signals:
-            logger.info("Received %s: shutting down", signal.Signals(signum).name)
-            return
+            name = signal.Signals(signum).name
+            if stop.is_set():
+                logger.info("Received %s again: already shutting down", name)
+            else:
+                logger.info("Received %s: shutting down", name)
+                stop.set()

@@ -1,0 +1,399 @@
+"""Corrections to hypercorn's trio worker, applied only while ``serve()`` runs.
+
+Written against hypercorn 0.18.0 with wsproto 1.3.2 (``TESTED_HYPERCORN``); ``applied()`` refuses
+to patch any other hypercorn version, so an upgrade is a conscious step: rerun
+``tests/integration/test_hostile_clients.py`` against the new version, then add it.
+
+Why patch at all: ``serve()`` and ``python -m trio_asgi_ws`` put hypercorn on the internet, and
+as released it lets one client exhaust the server's memory, pin a connection forever, or keep
+the process from exiting.  Each correction below reads as a bug report: what hypercorn does, what
+it should do, and the test that attacks a real server and fails without it.
+
+1. **Oversized messages are stored whole.**  ``WebsocketBuffer.extend`` writes a fragment before
+   it checks the limit, and after ``FrameTooLargeError`` it is never cleared: hypercorn answers
+   1009 but keeps appending every later fragment (150 MiB sent, RSS +150 MiB, the connection
+   never dropped).  Fix: check before writing, and after the 1009 close frame drop the connection
+   without reading another byte of it.  The app sees ``websocket.disconnect`` with code 1009.
+   Test: ``test_an_endless_oversized_message_is_refused_and_dropped``.
+2. **Compressed messages inflate without a limit.**  The handshake always accepts
+   ``permessage-deflate``, and wsproto inflates with no ``max_length``: a 99 KiB frame that
+   inflates to 100 MiB took the server from 31 to 268 MiB.  Fix: compression is negotiated only
+   when ``compression="deflate"`` is set, and then inflation stops one byte past the message
+   size limit and the connection is closed with 1009.  Tests:
+   ``test_a_deflate_bomb_is_not_inflated`` (both settings).
+3. **A client that stops reading pins its connection.**  ``TCPServer.protocol_send`` shields
+   ``send_all`` with no timeout, so a send to a peer that never reads never returns: the app's
+   handler, its broadcast ``forward`` task, the socket and SIGTERM all wait forever.  Fix: a send
+   that makes no progress for ``send_timeout`` seconds aborts the connection (the socket is
+   closed, which wakes the stuck send; the app sees a disconnect).
+   Test: ``test_a_client_that_never_reads_is_dropped_after_the_send_timeout``.
+4. **A read timeout, or a reset, leaves the socket open.**  On ``read_timeout`` hypercorn tells the
+   app but closes the socket only once every task of the connection has ended, which a stuck send
+   (3) or the ping task (5) delays.  Fix: close the socket at once on a read timeout or a
+   connection reset.  Test: ``test_resets_release_their_sockets_at_once``.
+5. **The ping task outlives its connection by up to a whole interval.**  ``_send_pings`` sleeps
+   ``websocket_ping_interval`` between checks of ``closed``, and the connection's task group (and
+   so its socket) waits for it: 300 clients resetting mid-frame left ~170 sockets open for
+   seconds, and ~1,030 in a row exhausted the file descriptors.  Fix: the ping task wakes as soon
+   as the stream closes.  Test: ``test_resets_release_their_sockets_at_once``.
+6. **Malformed frames are dropped without a close frame.**  wsproto reports a protocol error
+   (invalid UTF-8, a bad opcode, a bad inflate) as a ``CloseConnection`` event; hypercorn answers
+   a close only in the ``REMOTE_CLOSING`` state, so the client sees the TCP connection drop (1006)
+   instead of 1007/1002.  Fix: send the close frame wsproto asked for.
+   Test: ``test_invalid_utf8_is_answered_with_1007``.
+7. **Stalled connections outlive the shutdown.**  After ``graceful_timeout`` hypercorn cancels its
+   connection tasks, but a send stuck inside its shield (3) ignores that, so the process never
+   exits.  Fix: ``ConnectionGuard.abort_all`` closes every socket still open when the shutdown's
+   last grace ends.  Test: ``test_sigterm_with_a_stalled_reader_exits_0_in_time``.
+
+How they are applied: ``applied()`` swaps the classes hypercorn's trio worker instantiates
+(``TCPServer`` in ``hypercorn.trio.run``, ``WSStream`` in ``hypercorn.protocol.h11``/``h2``) for
+factories that build the corrected subclasses when the config is a ``GuardedConfig`` (only
+``serve()`` makes one) and hypercorn's own classes otherwise, and restores them when the last
+``serve()`` in the process returns.  Importing this module changes nothing; plain
+``hypercorn -k trio`` never gets these fixes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from time import time
+from typing import Any, Literal
+
+import hypercorn.protocol.h2
+import hypercorn.protocol.h11
+import hypercorn.trio.run
+import trio
+from hypercorn.config import Config
+from hypercorn.events import Closed, RawData
+from hypercorn.protocol.events import Response, StreamClosed
+from hypercorn.protocol.ws_stream import (
+    ASGIWebsocketState,
+    FrameTooLargeError,
+    WebsocketBuffer,
+    WSStream,
+)
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import CloseConnection, Message, Ping
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
+from wsproto.handshake import server_extensions_handshake
+
+__all__ = ["TESTED_HYPERCORN", "Compression", "ConnectionGuard", "GuardedConfig", "applied"]
+
+logger = logging.getLogger("trio_asgi_ws.server")
+
+TESTED_HYPERCORN = ("0.18.0",)
+"""The hypercorn releases these corrections were written against and tested on."""
+
+Compression = Literal["deflate"] | None
+
+
+class GuardedConfig(Config):
+    """A hypercorn ``Config`` that opts its server into the corrections, with their settings."""
+
+    send_timeout: float | None = 10.0
+    compression: Compression = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.guard = ConnectionGuard(self)
+
+
+class ConnectionGuard:
+    """The open connections of one ``serve()``: drops stalled senders, aborts leftovers at shutdown.
+
+    ``run()`` is one task for the whole server (not one per connection): it looks at every
+    connection about four times per ``send_timeout`` (at most once a second) and aborts those
+    whose current send has made no progress for ``send_timeout`` seconds.  Cancelling it stops
+    the watching; connections are unaffected.
+    """
+
+    def __init__(self, config: GuardedConfig) -> None:
+        self._config = config
+        self._live: set[_GuardedTCPServer] = set()
+        self.dropped_for_send_timeout = 0
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._live)
+
+    async def run(self) -> None:
+        timeout = self._config.send_timeout
+        if timeout is None:
+            return
+        tick = min(1.0, timeout / 4)
+        while True:
+            await trio.sleep(tick)
+            stalled_before = trio.current_time() - timeout
+            for connection in list(self._live):
+                since = connection.send_waiting_since
+                if since is not None and since < stalled_before:
+                    self.dropped_for_send_timeout += 1
+                    connection.abort(f"no send progress for {timeout:g} s")
+
+    def abort_all(self) -> None:
+        """Close the socket of every connection still open (their tasks then end at once)."""
+        if self._live:
+            logger.warning("Aborting %d connection(s) still open at the end of shutdown", len(self._live))
+        for connection in list(self._live):
+            connection.abort(None)
+
+
+class _GuardedTCPServer(TCPServer):
+    """hypercorn's per-connection server with fixes 3, 4 and 7 (see the module docstring)."""
+
+    config: GuardedConfig
+    send_waiting_since: float | None = None
+    """When the send now in progress last made progress; None while not sending."""
+
+    async def run(self) -> None:
+        guard = self.config.guard
+        guard._live.add(self)
+        try:
+            await super().run()
+        finally:
+            guard._live.discard(self)
+
+    def abort(self, reason: str | None) -> None:
+        """Close the socket now: a send or receive blocked on it raises ``ClosedResourceError``."""
+        if reason is not None:
+            logger.info("Dropping connection from %s: %s", _peer(self.stream), reason)
+        stream = self.stream
+        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        transport.socket.close()
+
+    async def protocol_send(self, event: Any) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        data = memoryview(event.data)
+        async with self.send_lock:
+            try:
+                # Shielded as hypercorn does (a cancelled send_all breaks the stream), but sent
+                # in pieces so that the guard sees progress, and it can always abort the socket.
+                with trio.CancelScope(shield=True):
+                    for start in range(0, len(data), MAX_RECV):
+                        self.send_waiting_since = trio.current_time()
+                        await self.stream.send_all(data[start : start + MAX_RECV])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+            finally:
+                self.send_waiting_since = None
+
+    async def _read_data(self) -> None:
+        timeout = self.config.read_timeout or math.inf
+        while True:
+            try:
+                with trio.fail_after(timeout):
+                    data = await self.stream.receive_some(MAX_RECV)
+            except trio.TooSlowError:
+                self.abort(f"nothing received for {timeout:g} s")
+                break
+            except trio.BrokenResourceError:  # reset by the peer: release the socket now
+                self.abort(None)
+                break
+            except trio.ClosedResourceError:
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if not data:
+                break
+        await self.protocol.handle(Closed())
+
+
+def _peer(stream: Any) -> str:
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    try:
+        host, port, *_ = transport.socket.getpeername()
+    except OSError:
+        return "a closed socket"
+    return f"{host}:{port}"
+
+
+class _BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate that never inflates a message past ``max_size`` (fix 2)."""
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__()
+        self._max_size = max_size
+        self._inflated = 0
+
+    def _inflate(self, data: bytes) -> bytes | CloseReason:
+        assert self._decompressor is not None
+        try:
+            out: bytes = self._decompressor.decompress(data, self._max_size - self._inflated + 1)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(out)
+        if self._inflated > self._max_size:
+            return CloseReason.MESSAGE_TOO_BIG
+        return out
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        return self._inflate(bytes(data))
+
+    def frame_inbound_complete(
+        self, proto: FrameDecoder | FrameProtocol, fin: bool
+    ) -> bytes | CloseReason | None:
+        if not fin or not self._inbound_compressed or not self._inbound_is_compressible:
+            return super().frame_inbound_complete(proto, fin)
+        tail = self._inflate(b"\x00\x00\xff\xff")
+        self._inflated = 0
+        if isinstance(tail, CloseReason):
+            return tail
+        if self.client_no_context_takeover:
+            self._decompressor = None
+        self._inbound_compressed = None
+        return tail
+
+
+class _BoundedBuffer(WebsocketBuffer):
+    """hypercorn's message buffer, checking the limit before it stores a fragment (fix 1)."""
+
+    def extend(self, event: Message[Any]) -> None:
+        if self.length + len(event.data) > self.max_length:
+            raise FrameTooLargeError()
+        super().extend(event)
+
+
+class _GuardedWSStream(WSStream):
+    """hypercorn's WebSocket stream with fixes 1, 2, 5 and 6 (see the module docstring)."""
+
+    config: GuardedConfig
+
+    def __init__(self, *args: Any) -> None:
+        self._closed_event = trio.Event()
+        self._closed = False
+        self._refused_with: int | None = None
+        super().__init__(*args)
+        self.buffer = _BoundedBuffer(self.config.websocket_max_message_size)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value
+        if value:
+            self._closed_event.set()
+
+    async def handle(self, event: Any) -> None:
+        if isinstance(event, StreamClosed) and self._refused_with is not None and not self.closed:
+            self.closed = True  # tell the app why, rather than hypercorn's 1006
+            if self.app_put is not None:
+                await self.app_put({"type": "websocket.disconnect", "code": self._refused_with})
+            return
+        await super().handle(event)
+
+    async def _accept(self, message: Any) -> None:
+        offers, self.handshake.extensions = self.handshake.extensions, None
+        status_code, headers, connection = self.handshake.accept(
+            message.get("subprotocol"), message.get("headers", [])
+        )
+        if self.config.compression == "deflate" and offers:
+            deflate = _BoundedDeflate(self.config.websocket_max_message_size)
+            agreed = server_extensions_handshake(offers, [deflate])
+            if agreed:
+                headers.append((b"sec-websocket-extensions", agreed))
+                connection = Connection(ConnectionType.SERVER, [deflate])
+        self.state = ASGIWebsocketState.CONNECTED
+        self.connection = connection
+        await self.send(Response(stream_id=self.stream_id, status_code=status_code, headers=headers))
+        await self.config.log.access(
+            self.scope, {"status": status_code, "headers": []}, time() - self.start_time
+        )
+        if self.config.websocket_ping_interval is not None:
+            self.task_group.spawn(self._send_pings)
+
+    async def _handle_events(self) -> None:
+        for event in self.connection.events():
+            if isinstance(event, Message):
+                try:
+                    self.buffer.extend(event)
+                except FrameTooLargeError:
+                    await self._refuse(CloseReason.MESSAGE_TOO_BIG)
+                    return
+                if event.message_finished:
+                    assert self.app_put is not None  # set before the handshake is accepted
+                    await self.app_put(self.buffer.to_message())
+                    self.buffer.clear()
+            elif isinstance(event, Ping):
+                await self._send_wsproto_event(event.response())
+            elif isinstance(event, CloseConnection):
+                if self.connection.state is ConnectionState.OPEN:  # a parse error, not a close frame
+                    await self._refuse(event.code)
+                    return
+                if self.connection.state is ConnectionState.REMOTE_CLOSING:
+                    await self._send_wsproto_event(event.response())
+                await self.send(StreamClosed(stream_id=self.stream_id))
+
+    async def _refuse(self, code: int) -> None:
+        """Send a close frame with ``code`` and drop the connection without reading on."""
+        self.buffer.clear()
+        self._refused_with = int(code)
+        await self._send_wsproto_event(CloseConnection(code=code))
+        await self.send(StreamClosed(stream_id=self.stream_id))
+
+    async def _send_pings(self) -> None:
+        interval = self.config.websocket_ping_interval
+        assert interval is not None  # hypercorn starts this task only with an interval
+        while not self.closed:
+            await self._send_wsproto_event(Ping())
+            with trio.move_on_after(interval):
+                await self._closed_event.wait()
+
+
+def _tcp_server(app: Any, config: Any, *args: Any) -> Any:
+    server_class = _GuardedTCPServer if isinstance(config, GuardedConfig) else TCPServer
+    return server_class(app, config, *args)
+
+
+def _ws_stream(app: Any, config: Any, *args: Any) -> Any:
+    stream_class = _GuardedWSStream if isinstance(config, GuardedConfig) else WSStream
+    return stream_class(app, config, *args)
+
+
+_PATCHES: list[tuple[Any, str, Any, Any]] = [
+    (hypercorn.trio.run, "TCPServer", TCPServer, _tcp_server),
+    (hypercorn.protocol.h11, "WSStream", WSStream, _ws_stream),
+    (hypercorn.protocol.h2, "WSStream", WSStream, _ws_stream),
+]
+_users = 0
+
+
+@contextmanager
+def applied() -> Iterator[None]:
+    """Install the corrections while the block runs (nested and concurrent uses are counted).
+
+    Raises ``RuntimeError`` on a hypercorn release they were not tested on.
+    """
+    global _users
+    installed = version("hypercorn")
+    if installed not in TESTED_HYPERCORN:
+        raise RuntimeError(
+            f"trio_asgi_ws's serving fixes are tested on hypercorn {', '.join(TESTED_HYPERCORN)}, "
+            f"not {installed}: install a tested version"
+        )
+    if _users == 0:
+        for module, name, original, replacement in _PATCHES:
+            assert getattr(module, name) is original, f"{module.__name__}.{name} was replaced by someone else"
+            setattr(module, name, replacement)
+    _users += 1
+    try:
+        yield
+    finally:
+        _users -= 1
+        if _users == 0:
+            for module, name, original, _ in _PATCHES:
+                setattr(module, name, original)
