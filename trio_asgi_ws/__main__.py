@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from typing import Any
 import trio
 
 from ._supervisor import supervise
-from .server import build_config, serve
+from .server import TERMINATION_SIGNALS, build_config, serve
 
 __all__ = ["load_app", "main"]
 
@@ -46,6 +47,29 @@ async def _parent_gone(parent: int) -> None:
     """Return once the supervising process has died (a worker is then re-parented)."""
     while os.getppid() == parent:  # noqa: ASYNC110 - no event exists for a parent's death
         await trio.sleep(0.5)
+
+
+def _ignore_signals_outside_serve() -> None:
+    """In a worker, make SIGINT/SIGTERM harmless whenever ``serve()`` is not handling them.
+
+    The supervisor starts workers with these signals blocked, so one sent during start-up waits
+    for ``serve()``'s handlers.  Once ``serve()`` returns, its handlers give way to these, so a
+    second signal (Ctrl-C reaches the worker, and the supervisor forwards SIGTERM too) arriving
+    while the worker exits cannot kill it with a non-zero status.  Until then a blocked signal
+    must stay pending, which it does under a handler but not under ``SIG_IGN``; ``SIG_IGN`` comes
+    after, because Python resets function handlers to the default action while it finalizes.
+    """
+    for signum in TERMINATION_SIGNALS:
+        signal.signal(signum, _already_stopping)
+
+
+def _ignore_termination_signals() -> None:
+    for signum in TERMINATION_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _already_stopping(signum: int, frame: object) -> None:
+    logging.getLogger("trio_asgi_ws").debug("%s while not serving: ignored", signal.Signals(signum).name)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,10 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fd is not None:  # a worker: serve on the socket the supervisor bound, while it lives
         options["sockets"] = socket.socket(fileno=args.fd)
         options["shutdown_trigger"] = partial(_parent_gone, os.getppid())
+        _ignore_signals_outside_serve()
     elif args.workers > 1 or args.reload:
         worker_argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--reload"]
         return trio.run(supervise, worker_argv, args.host, args.port, args.workers, args.reload)
-    trio.run(lambda: serve(app, args.host, args.port, **options))
+    try:
+        trio.run(lambda: serve(app, args.host, args.port, **options))
+    finally:
+        if args.fd is not None:
+            _ignore_termination_signals()
     return 0
 
 

@@ -27,15 +27,15 @@ it should do, and the test that attacks a real server and fails without it.
    that makes no progress for ``send_timeout`` seconds aborts the connection (the socket is
    closed, which wakes the stuck send; the app sees a disconnect).
    Test: ``test_a_client_that_never_reads_is_dropped_after_the_send_timeout``.
-4. **A read timeout, or a reset, leaves the socket open.**  On ``read_timeout`` hypercorn tells the
-   app but closes the socket only once every task of the connection has ended, which a stuck send
-   (3) or the ping task (5) delays.  Fix: close the socket at once on a read timeout or a
-   connection reset.  Test: ``test_resets_release_their_sockets_at_once``.
+4. **A read timeout leaves the socket open.**  On ``read_timeout`` hypercorn tells the app but
+   closes the socket only once every task of the connection has ended, which a stuck send (3)
+   delays forever when sends have no timeout.  Fix: close the socket at once on a read timeout.
+   Test: ``test_a_read_timeout_closes_the_socket_even_while_a_send_is_stuck``.
 5. **The ping task outlives its connection by up to a whole interval.**  ``_send_pings`` sleeps
    ``websocket_ping_interval`` between checks of ``closed``, and the connection's task group (and
    so its socket) waits for it: 300 clients resetting mid-frame left ~170 sockets open for
    seconds, and ~1,030 in a row exhausted the file descriptors.  Fix: the ping task wakes as soon
-   as the stream closes.  Test: ``test_resets_release_their_sockets_at_once``.
+   as the stream closes.  Test: ``test_closed_connections_release_their_sockets_at_once``.
 6. **Malformed frames are dropped without a close frame.**  wsproto reports a protocol error
    (invalid UTF-8, a bad opcode, a bad inflate) as a ``CloseConnection`` event; hypercorn answers
    a close only in the ``REMOTE_CLOSING`` state, so the client sees the TCP connection drop (1006)
@@ -91,6 +91,9 @@ logger = logging.getLogger("trio_asgi_ws.server")
 
 TESTED_HYPERCORN = ("0.18.0",)
 """The hypercorn releases these corrections were written against and tested on."""
+
+_DISCONNECT_NOTICE_TIMEOUT = 1.0
+"""How long a cancelled connection waits for its app to take the disconnect message."""
 
 Compression = Literal["deflate"] | None
 
@@ -188,6 +191,15 @@ class _GuardedTCPServer(TCPServer):
                 self.send_waiting_since = None
 
     async def _read_data(self) -> None:
+        try:
+            await self._read_until_closed()
+        finally:
+            # Also when cancelled at the end of a shutdown: a handler draining its queue on the
+            # way out is waiting for this disconnect, and nothing else will send it.
+            with trio.CancelScope(shield=True), trio.move_on_after(_DISCONNECT_NOTICE_TIMEOUT):
+                await self.protocol.handle(Closed())
+
+    async def _read_until_closed(self) -> None:
         timeout = self.config.read_timeout or math.inf
         while True:
             try:
@@ -196,15 +208,11 @@ class _GuardedTCPServer(TCPServer):
             except trio.TooSlowError:
                 self.abort(f"nothing received for {timeout:g} s")
                 break
-            except trio.BrokenResourceError:  # reset by the peer: release the socket now
-                self.abort(None)
-                break
-            except trio.ClosedResourceError:
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 break
             await self.protocol.handle(RawData(bytes(data)))
             if not data:
                 break
-        await self.protocol.handle(Closed())
 
 
 def _peer(stream: Any) -> str:
@@ -275,6 +283,7 @@ class _GuardedWSStream(WSStream):
         self._closed_event = trio.Event()
         self._closed = False
         self._refused_with: int | None = None
+        self._disconnect_reported = False
         super().__init__(*args)
         self.buffer = _BoundedBuffer(self.config.websocket_max_message_size)
 
@@ -289,12 +298,27 @@ class _GuardedWSStream(WSStream):
             self._closed_event.set()
 
     async def handle(self, event: Any) -> None:
-        if isinstance(event, StreamClosed) and self._refused_with is not None and not self.closed:
-            self.closed = True  # tell the app why, rather than hypercorn's 1006
-            if self.app_put is not None:
-                await self.app_put({"type": "websocket.disconnect", "code": self._refused_with})
+        if isinstance(event, StreamClosed):
+            await self._report_disconnect()
+        else:
+            await super().handle(event)
+
+    async def _report_disconnect(self) -> None:
+        """Put ``websocket.disconnect`` in the app's queue once, retried if the put is cancelled."""
+        if self._disconnect_reported:
             return
-        await super().handle(event)
+        self.closed = True
+        if self.app_put is None:  # the handshake never reached the app
+            self._disconnect_reported = True
+            return
+        if self._refused_with is not None:
+            code = self._refused_with
+        elif self.state in {ASGIWebsocketState.HTTPCLOSED, ASGIWebsocketState.CLOSED}:
+            code = CloseReason.NORMAL_CLOSURE
+        else:
+            code = CloseReason.ABNORMAL_CLOSURE
+        await self.app_put({"type": "websocket.disconnect", "code": int(code)})
+        self._disconnect_reported = True
 
     async def _accept(self, message: Any) -> None:
         offers, self.handshake.extensions = self.handshake.extensions, None

@@ -61,9 +61,13 @@ STARTUP_DEADLINE = 15.0
 
 
 async def start_cli(
-    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None
+    *args: str, cwd: Path = REPO, env: dict[str, str] | None = None, new_session: bool = False
 ) -> tuple[trio.Process, int, list[str]]:
-    """Start ``python -m trio_asgi_ws`` on a free port; return it once it serves."""
+    """Start ``python -m trio_asgi_ws`` on a free port; return it once it serves.
+
+    ``new_session`` puts it in a process group of its own (``os.killpg(process.pid, ...)`` then
+    signals it and its workers, as Ctrl-C in a terminal does).
+    """
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO), str(cwd)])}
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "trio_asgi_ws", *args, "--port", "0"],
@@ -71,6 +75,7 @@ async def start_cli(
         env=full_env,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
+        start_new_session=new_session,
     )
     assert process.stderr is not None
     lines: list[str] = []
@@ -83,7 +88,7 @@ async def start_cli(
             *complete, buffer = buffer.split(b"\n")
             lines += [line.decode() for line in complete]
             for line in lines:
-                if "Running on http://127.0.0.1:" in line:
+                if "Running on http://127.0.0.1:" in line or "Running on https://127.0.0.1:" in line:
                     return process, int(line.rsplit(":", 1)[1].split()[0]), lines
 
 

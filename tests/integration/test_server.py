@@ -100,6 +100,20 @@ def test_build_config_suits_websockets_and_rejects_bad_options() -> None:
         build_config(ping_interval=30, read_timeout=10)
     with pytest.raises(ValueError, match="max_message_size must be positive"):
         build_config(max_message_size=0)
+    assert config.send_timeout == 10.0
+    assert config.compression is None
+    assert build_config(send_timeout=None, compression="deflate").compression == "deflate"
+    with pytest.raises(ValueError, match="send_timeout must be positive seconds or None, got 0"):
+        build_config(send_timeout=0)
+    with pytest.raises(ValueError, match="compression must be 'deflate' or None, got 'gzip'"):
+        build_config(compression="gzip")  # type: ignore[arg-type]
+
+
+def test_the_cli_refuses_a_certfile_without_its_keyfile(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["examples.echo:app", "--certfile", "cert.pem"])
+    assert info.value.code == 2
+    assert "--certfile and --keyfile go together" in capsys.readouterr().err
 
 
 # -- the command line -----------------------------------------------------------------------------
