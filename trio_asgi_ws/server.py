@@ -44,6 +44,10 @@ logger = logging.getLogger("trio_asgi_ws")
 GOING_AWAY = 1001
 TERMINATION_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _LEFTOVER_GRACE = 1.0
+_APP_QUEUE_SIZE = 1
+"""Messages hypercorn reads ahead of the app per connection (its default is 10): each may be a
+whole ``max_message_size``, so this bounds what a client can make the server hold while its app is
+busy.  A structured WebSocket's pump buffers on top of this, within its own bound."""
 _ABORT_MARGIN = 0.2
 
 
@@ -158,6 +162,7 @@ def build_config(
     config.websocket_max_message_size = max_message_size
     config.websocket_ping_interval = ping_interval
     config.read_timeout = read_timeout
+    config.max_app_queue_size = _APP_QUEUE_SIZE
     config.send_timeout = send_timeout
     config.compression = compression
     config.graceful_timeout = graceful_timeout
