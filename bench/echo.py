@@ -2,6 +2,13 @@
 
 Run ``python bench/echo.py`` (about 7 minutes on 2 cores) or ``python bench/echo.py --quick`` (under 1.5).
 
+``--contenders`` picks which servers take part, e.g.
+``--contenders raw,raw-serve,structured,structured-serve``.  Besides the four apps under plain
+``hypercorn.trio.serve`` (the default set), each app can run as ``NAME-serve``: the same app
+served by ``trio_asgi_ws.server.serve()`` with its defaults, i.e. through the corrections to
+hypercorn's trio worker and the ``GracefulShutdown`` middleware.  When both ``NAME`` and
+``NAME-serve`` run, the table adds the CPU ratio of the second to the first.
+
 Processes: one hypercorn server per contender (``--serve NAME``, kept up for the whole run) and
 one trio-websocket client process (``--client``) that the parent drives over its stdin/stdout.
 For each measurement the client opens its connections and warms them up, the parent reads the
@@ -11,8 +18,8 @@ CPU figure covers the message exchange and nothing else.
 
 Contenders alternate within each round (raw, plain, structured, starlette, then the next
 workload; the starting contender rotates from round to round) and the table reports medians over
-rounds, with the CPU ratio to raw ASGI taken per round and then the median.  These machines are
-noisy: read ratios, not absolute numbers.
+rounds, with the CPU ratio to raw ASGI (or to the first contender, without ``raw``) taken per
+round and then the median.  These machines are noisy: read ratios, not absolute numbers.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import signal
@@ -43,6 +51,25 @@ if str(HERE) not in sys.path:
 from _apps import CONTENDERS, SERVED, StepCounter  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+SERVE_SUFFIX = "-serve"
+"""``NAME-serve``: the app ``NAME`` served by ``trio_asgi_ws.server.serve()`` instead of hypercorn's."""
+ALL_CONTENDERS = CONTENDERS + tuple(name + SERVE_SUFFIX for name in CONTENDERS)
+
+
+def app_name(contender: str) -> str:
+    """The ``_apps`` app a contender runs (``raw-serve`` runs ``raw``)."""
+    return contender.removesuffix(SERVE_SUFFIX)
+
+
+def parse_contenders(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in ALL_CONTENDERS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct names, comma-separated, from {', '.join(ALL_CONTENDERS)}; got {text!r}"
+        )
+    return names
 
 
 @dataclass(frozen=True)
@@ -108,14 +135,8 @@ def _server_task_kind(name: str) -> str:
 
 
 async def serve(contender: str, counter: StepCounter | None) -> None:
-    from hypercorn.config import Config
-    from hypercorn.trio import serve as hypercorn_serve
-
-    config = Config()
-    config.bind = ["127.0.0.1:0"]
-    config.loglevel = "WARNING"
-    config.accesslog = None
     stdin = await _stdin_lines()
+    app = SERVED[app_name(contender)]  # these answer the lifespan scope, as both servers need
 
     async def parent_gone() -> None:
         # Each line from the parent asks for the task step counts (with --steps); end of file means
@@ -124,9 +145,29 @@ async def serve(contender: str, counter: StepCounter | None) -> None:
             _reply(dict(counter.steps) if counter is not None else {})
 
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            functools.partial(hypercorn_serve, SERVED[contender], config, shutdown_trigger=parent_gone)
-        )
+        if contender.endswith(SERVE_SUFFIX):
+            from trio_asgi_ws.server import serve as our_serve
+
+            # serve() logs through the root logger ("Running on ...", at INFO): keep it quiet, and
+            # off stdout, which carries the replies to the parent.  Otherwise serve()'s defaults:
+            # 1 MiB messages, pings every 20 s, read_timeout 60 s, send_timeout 10 s, no compression.
+            logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+            binds = await nursery.start(
+                functools.partial(
+                    our_serve, app, "127.0.0.1", 0, shutdown_trigger=parent_gone, handle_signals=False
+                )
+            )
+        else:
+            from hypercorn.config import Config
+            from hypercorn.trio import serve as hypercorn_serve
+
+            config = Config()
+            config.bind = ["127.0.0.1:0"]
+            config.loglevel = "WARNING"
+            config.accesslog = None
+            binds = await nursery.start(
+                functools.partial(hypercorn_serve, app, config, shutdown_trigger=parent_gone)
+            )
         port = int(binds[0].rsplit(":", 1)[1])
         _reply({"port": port, "pid": os.getpid()})
 
@@ -289,15 +330,15 @@ async def measure_steps(client_proc: Child, server: Child, port: int, workload: 
             for kind in ("app", "pump", "server")}
 
 
-async def orchestrate(rounds: int, quick: bool, steps: bool) -> None:
+async def orchestrate(contenders: tuple[str, ...], rounds: int, quick: bool, steps: bool) -> None:
     children: list[Child] = []
     try:
         servers: dict[str, tuple[Child, int, int]] = {}
-        for contender in CONTENDERS:
+        for contender in contenders:
             extra = ("--count-steps",) if steps else ()
             child = await Child.start(f"server {contender}", "--serve", contender, *extra)
             children.append(child)
-        for contender, child in zip(CONTENDERS, children, strict=True):
+        for contender, child in zip(contenders, children, strict=True):
             hello = await child.request()
             servers[contender] = (child, hello["pid"], hello["port"])
         client_proc = await Child.start("client", "--client")
@@ -308,16 +349,16 @@ async def orchestrate(rounds: int, quick: bool, steps: bool) -> None:
                     client_proc, servers[contender][0], servers[contender][2], workload
                 )
                 for workload in WORKLOADS
-                for contender in CONTENDERS
+                for contender in contenders
             }
-            print_steps(step_samples)
+            print_steps(contenders, step_samples)
             return
 
         samples: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
         started = time.monotonic()
         for round_index in range(rounds):
-            shift = round_index % len(CONTENDERS)
-            order = CONTENDERS[shift:] + CONTENDERS[:shift]
+            shift = round_index % len(contenders)
+            order = contenders[shift:] + contenders[:shift]
             for workload in WORKLOADS:
                 for contender in order:
                     _, pid, port = servers[contender]
@@ -325,7 +366,7 @@ async def orchestrate(rounds: int, quick: bool, steps: bool) -> None:
                     samples[workload.name, contender].append(sample)
                     print(
                         f"[{time.monotonic() - started:6.1f}s] round {round_index + 1}/{rounds} "
-                        f"{workload.name:<24} {contender:<10} {sample['rate']:8.0f} msg/s "
+                        f"{workload.name:<24} {contender:<16} {sample['rate']:8.0f} msg/s "
                         f"p50 {sample['p50']:6.2f} ms p99 {sample['p99']:6.2f} ms "
                         f"cpu {sample['cpu_us']:6.0f} us/msg",
                         file=sys.stderr,
@@ -334,34 +375,53 @@ async def orchestrate(rounds: int, quick: bool, steps: bool) -> None:
     finally:
         for child in reversed(children):
             await child.stop()
-    print_table(samples, rounds, quick)
+    print_table(contenders, samples, rounds, quick)
 
 
-def print_table(samples: dict[tuple[str, str], list[dict[str, float]]], rounds: int, quick: bool) -> None:
+def _median_ratio(runs: list[dict[str, float]], bases: list[dict[str, float]]) -> float:
+    """Median over rounds of each round's CPU ratio (the runs of one round are taken together)."""
+    return statistics.median(run["cpu_us"] / base["cpu_us"] for run, base in zip(runs, bases, strict=True))
+
+
+def print_table(contenders: tuple[str, ...], samples: dict[tuple[str, str], list[dict[str, float]]],
+                rounds: int, quick: bool) -> None:
+    baseline = "raw" if "raw" in contenders else contenders[0]
+    paired = any(c.endswith(SERVE_SUFFIX) and app_name(c) in contenders for c in contenders)
     print()
     print(
-        f"Echo over loopback, hypercorn trio worker, request/response; medians of {rounds} rounds"
-        f"{' (--quick)' if quick else ''}; CPU ratio = median of per-round ratios to raw ASGI."
+        f"Echo over loopback, request/response; medians of {rounds} rounds{' (--quick)' if quick else ''}; "
+        f"CPU ratio = median of per-round ratios to {baseline}."
     )
+    print("NAME: hypercorn.trio.serve with a plain Config; NAME-serve: trio_asgi_ws.server.serve().")
+    if paired:
+        print("vs hypercorn: NAME-serve's CPU ratio to NAME (same app, same round).")
     print()
-    print("| workload | contender | msgs/s | p50 ms | p99 ms | server CPU µs/msg | CPU ratio vs raw |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    extra_head, extra_rule = (" CPU ratio vs hypercorn |", "---:|") if paired else ("", "")
+    print(f"| workload | contender | msgs/s | p50 ms | p99 ms | server CPU µs/msg | CPU ratio vs {baseline} |"
+          + extra_head)
+    print("|---|---|---:|---:|---:|---:|---:|" + extra_rule)
     for workload in WORKLOADS:
-        raw = samples[workload.name, "raw"]
-        for contender in CONTENDERS:
+        base = samples[workload.name, baseline]
+        for contender in contenders:
             runs = samples[workload.name, contender]
-            ratios = [run["cpu_us"] / base["cpu_us"] for run, base in zip(runs, raw, strict=True)]
+            extra = ""
+            if paired:
+                plain_name = app_name(contender)
+                if contender != plain_name and plain_name in contenders:
+                    extra = f" {_median_ratio(runs, samples[workload.name, plain_name]):.2f} |"
+                else:
+                    extra = " |"
             print(
                 f"| {workload.name} | {contender} "
                 f"| {statistics.median(r['rate'] for r in runs):.0f} "
                 f"| {statistics.median(r['p50'] for r in runs):.2f} "
                 f"| {statistics.median(r['p99'] for r in runs):.2f} "
                 f"| {statistics.median(r['cpu_us'] for r in runs):.0f} "
-                f"| {statistics.median(ratios):.2f} |"
+                f"| {_median_ratio(runs, base):.2f} |" + extra
             )
 
 
-def print_steps(samples: dict[tuple[str, str], dict[str, float]]) -> None:
+def print_steps(contenders: tuple[str, ...], samples: dict[tuple[str, str], dict[str, float]]) -> None:
     print()
     print("Server task steps per echoed message (trio Instrument in each server; --quick message counts).")
     print("app = the task running the ASGI app, pump = the structured mode's receive pump, "
@@ -370,7 +430,7 @@ def print_steps(samples: dict[tuple[str, str], dict[str, float]]) -> None:
     print("| workload | contender | app | pump | server | total |")
     print("|---|---|---:|---:|---:|---:|")
     for workload in WORKLOADS:
-        for contender in CONTENDERS:
+        for contender in contenders:
             cell = samples[workload.name, contender]
             print(f"| {workload.name} | {contender} | {cell['app']:.3f} | {cell['pump']:.3f} "
                   f"| {cell['server']:.3f} | {sum(cell.values()):.3f} |")
@@ -380,9 +440,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and messages (1-2 minutes)")
     parser.add_argument("--rounds", type=int, help="rounds of all contenders (default 5, quick 3)")
+    parser.add_argument("--contenders", type=parse_contenders, default=CONTENDERS, metavar="A,B,...",
+                        help=f"servers to compare, from {', '.join(ALL_CONTENDERS)} "
+                             f"(default {','.join(CONTENDERS)}); NAME-serve is NAME under "
+                             "trio_asgi_ws.server.serve()")
     parser.add_argument("--steps", action="store_true",
                         help="instead of timing, count server task steps per message (one pass)")
-    parser.add_argument("--serve", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=ALL_CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--count-steps", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -393,7 +457,7 @@ def main() -> None:
         trio.run(client)
     else:
         rounds = args.rounds or (3 if args.quick else 5)
-        trio.run(orchestrate, rounds, args.quick, args.steps)
+        trio.run(orchestrate, args.contenders, rounds, args.quick, args.steps)
 
 
 if __name__ == "__main__":
