@@ -1,7 +1,7 @@
 """Echo server: every text or binary message comes back to its sender.
 
-Run it with ``hypercorn -k trio --bind 127.0.0.1:8000 examples.echo:app``
-or ``python -m trio_asgi_ws examples.echo:app``.
+Run it with ``python -m trio_asgi_ws examples.echo:app`` (hypercorn's trio worker with this
+library's safe defaults and fixes; see docs/reliability.md).
 """
 
 from __future__ import annotations
