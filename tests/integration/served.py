@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from trio_websocket import ConnectionClosed
 
+from tests.integration.conftest import open_client
 from trio_asgi_ws.server import serve
 
 
@@ -108,3 +110,29 @@ async def stop_process(process: trio.Process) -> None:
         for stream in (process.stdin, process.stdout, process.stderr):
             if stream is not None:
                 await stream.aclose()
+
+
+async def hold_reading_clients(port: int, count: int, codes: list[int], ready: trio.Event) -> None:
+    """``count`` clients that echo once, then read until the server closes; collect the close codes.
+
+    ``ready`` is set once all of them have had their echo.
+    """
+
+    async def one(i: int) -> None:
+        async with open_client(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send_message(f"hello {i}")
+            assert await ws.get_message() == f"hello {i}"
+            opened.append(i)
+            if len(opened) == count:
+                ready.set()
+            try:
+                await ws.get_message()
+            except ConnectionClosed as closed:
+                codes.append(closed.reason.code)
+            else:
+                raise AssertionError("expected the server to close the connection")
+
+    opened: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)

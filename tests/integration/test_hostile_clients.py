@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
-from trio_websocket import ConnectionClosed, wrap_client_stream
+from trio_websocket import wrap_client_stream
 
 from tests.integration import attacks
 from tests.integration.attacks import MiB
 from tests.integration.conftest import open_client
-from tests.integration.served import drain_stderr, start_cli, stop_process
+from tests.integration.served import drain_stderr, hold_reading_clients, start_cli, stop_process
 
 DEADLINE = 20.0
 MEMORY_BOUND_KIB = 40 * 1024
@@ -257,26 +257,6 @@ async def test_sigterm_with_a_stalled_reader_exits_0_in_time() -> None:
     assert closed.code == 1001
     assert returncode == 0
     assert exited_after < graceful + 2.0  # the documented bound: graceful_timeout + about a second
-
-
-async def hold_reading_clients(port: int, count: int, codes: list[int], ready: trio.Event) -> None:
-    """``count`` clients that echo once, then read until the server closes; collect the close codes."""
-
-    async def one() -> None:
-        async with open_client(f"ws://127.0.0.1:{port}/") as ws:
-            await ws.send_message("hello")
-            assert await ws.get_message() == "hello"
-            opened.append(None)
-            if len(opened) == count:
-                ready.set()
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.get_message()
-            codes.append(info.value.reason.code)
-
-    opened: list[None] = []
-    async with trio.open_nursery() as nursery:
-        for _ in range(count):
-            nursery.start_soon(one)
 
 
 async def test_ctrl_c_with_two_workers_exits_0_and_every_reader_sees_1001() -> None:

@@ -11,7 +11,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from tests.integration.conftest import open_client
-from tests.integration.served import drain_stderr, served, start_cli, stop_process
+from tests.integration.served import drain_stderr, hold_reading_clients, served, start_cli, stop_process
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws.__main__ import load_app, main
 from trio_asgi_ws.routing import Router
@@ -136,26 +136,6 @@ def test_the_cli_exits_2_with_a_message_for_a_bad_app(capsys: pytest.CaptureFixt
     assert "has no attribute 'missing'" in capsys.readouterr().err
 
 
-async def hold_connections(port: int, count: int, codes: list[int], ready: trio.Event) -> None:
-    async def one(i: int) -> None:
-        async with open_client(f"ws://127.0.0.1:{port}/") as ws:
-            await ws.send_message(f"hello {i}")
-            assert await ws.get_message() == f"hello {i}"
-            if len(codes) == 0 and i == count - 1:
-                pass
-            opened.append(i)
-            if len(opened) == count:
-                ready.set()
-            with pytest.raises(ConnectionClosed) as info:
-                await ws.get_message()
-            codes.append(info.value.reason.code)
-
-    opened: list[int] = []
-    async with trio.open_nursery() as nursery:
-        for i in range(count):
-            nursery.start_soon(one, i)
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_sigterm_closes_20_open_websockets_with_1001_and_exits_0(workers: int) -> None:
     graceful = 5.0
@@ -169,7 +149,7 @@ async def test_sigterm_closes_20_open_websockets_with_1001_and_exits_0(workers: 
             ready = trio.Event()
             with trio.fail_after(DEADLINE):
                 async with trio.open_nursery() as clients:
-                    clients.start_soon(hold_connections, port, 20, codes, ready)
+                    clients.start_soon(hold_reading_clients, port, 20, codes, ready)
                     await ready.wait()
                     process.send_signal(signal.SIGTERM)
                     signalled = trio.current_time()
