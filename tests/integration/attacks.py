@@ -439,6 +439,33 @@ class AttackResult:
         return f"sent {self.sent / MiB:.1f} MiB in {self.sending_took:.2f} s{extra}; {self.close.describe()}"
 
 
+@dataclass
+class Writing:
+    """How far ``write_until_stalled`` got (updated as it goes, so it is right if cancelled)."""
+
+    sent: int = 0
+    """Bytes of the chunks written whole."""
+    ended: str | None = None
+    """``"stalled"``, ``"failed"`` (the server closed or reset the connection), or ``None``."""
+
+
+async def write_until_stalled(
+    conn: RawConnection, chunks: Iterable[bytes], stall_timeout: float, writing: Writing
+) -> None:
+    """Write ``chunks`` until one makes no progress for ``stall_timeout`` s or the server drops us."""
+    for chunk in chunks:
+        with trio.move_on_after(stall_timeout) as write:
+            try:
+                await conn.stream.send_all(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                writing.ended = "failed"
+                return
+        if write.cancelled_caught:
+            writing.ended = "stalled"
+            return
+        writing.sent += len(chunk)
+
+
 async def send_and_watch(
     conn: RawConnection, chunks: Iterable[bytes], *, linger: float = DEADLINE, stall_timeout: float = DEADLINE
 ) -> AttackResult:
@@ -472,18 +499,11 @@ async def send_and_watch(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
+        progress = Writing()
         with writing:
-            for chunk in chunks:
-                with trio.move_on_after(stall_timeout) as write:
-                    try:
-                        await conn.stream.send_all(chunk)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        result.write_failed = True
-                        break
-                if write.cancelled_caught:
-                    result.stalled = True
-                    break
-                result.sent += len(chunk)
+            await write_until_stalled(conn, chunks, stall_timeout, progress)
+        result.sent = progress.sent
+        result.stalled, result.write_failed = progress.ended == "stalled", progress.ended == "failed"
         result.sending_took = trio.current_time() - start
         with trio.move_on_after(linger):
             await dropped.wait()
@@ -620,17 +640,10 @@ async def never_read_client(
         if messages:
             payload = b"x" * message_size if text else bytes(message_size)
             data = frame(OP_TEXT if text else OP_BINARY, payload)
-            for _ in range(messages):
-                with trio.move_on_after(stall_timeout) as write:
-                    try:
-                        await conn.stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        info.dropped = True
-                        break
-                if write.cancelled_caught:
-                    info.stalled = True
-                    break
-                info.sent += message_size
+            progress = Writing()
+            await write_until_stalled(conn, [data] * messages, stall_timeout, progress)
+            info.sent = progress.sent // len(data) * message_size
+            info.stalled, info.dropped = progress.ended == "stalled", progress.ended == "failed"
         task_status.started(info)
         with trio.move_on_after(hold):
             if stop is None:
