@@ -15,7 +15,7 @@ from trio_asgi_ws.routing import Router
 
 TOKENS = {"s3cret-token-for-ann": "ann"}
 
-app = Router(allowed_origins=["http://127.0.0.1:8000", None])
+app = Router()  # same-origin pages and non-browser clients only (the default)
 
 
 async def unauthorized(scope: Scope, receive: Receive, send: Send) -> None:

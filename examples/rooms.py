@@ -2,8 +2,9 @@
 
 ``ws://127.0.0.1:8000/rooms/{room}?name=ann``: every text message is sent to everyone in the room.
 Each member gets a bounded queue and its own sender task, so a member that stops reading misses
-messages (counted) instead of slowing the room down.  Origins allowed: ``ROOMS_ORIGINS`` (comma
-separated), by default the local page origins and clients that send no ``Origin`` at all.
+messages (counted) instead of slowing the room down.  Origins allowed: pages served from the
+same origin as the socket (whatever the port), clients that send no ``Origin`` (not browsers),
+and those listed in ``ROOMS_ORIGINS`` (comma separated).
 
 Run it with ``python -m trio_asgi_ws examples.rooms:app``.
 """
@@ -44,11 +45,9 @@ async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
     yield {"rooms": Rooms()}  # becomes websocket.state.rooms in every connection
 
 
-def _origins() -> list[str | None]:
-    configured = os.environ.get("ROOMS_ORIGINS")
-    if configured:
-        return [origin.strip() for origin in configured.split(",")]
-    return ["http://127.0.0.1:8000", "http://localhost:8000", None]
+def _origins() -> list[str]:
+    """Pages on other origins allowed to connect (comma separated); same-origin pages always are."""
+    return [origin.strip() for origin in os.environ.get("ROOMS_ORIGINS", "").split(",") if origin.strip()]
 
 
 app = Router(lifespan=lifespan, allowed_origins=_origins())

@@ -232,6 +232,32 @@ async def _raise(error: Exception) -> None:
 
 
 @pytest.mark.parametrize("structured", [True, False])
+@pytest.mark.parametrize("bad", ["{oops", "[" * 100_000, "[" * 5000 + "]" * 5000])
+async def test_invalid_json_from_the_client_closes_1007_and_logs_one_line(
+    structured: bool, bad: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def echo_json(ws: WebSocket) -> None:
+        await ws.accept()
+        async for document in ws.iter_json():
+            await ws.send_json(document)
+
+    app = Router([WebSocketRoute("/", echo_json, structured=structured)])
+    with caplog.at_level(logging.INFO, logger="trio_asgi_ws"):
+        async with connect(app) as ws:
+            await ws.send_text('{"fine": [1]}')
+            assert await ws.receive_json() == {"fine": [1]}
+            await ws.send_text(bad)
+            with pytest.raises(WebSocketDisconnect) as info:
+                await ws.receive_text()
+    assert (info.value.code, info.value.reason) == (1007, "invalid JSON")
+    records = [r for r in caplog.records if r.name == "trio_asgi_ws"]
+    assert [r.levelno for r in records] == [logging.INFO]
+    assert "invalid JSON" in records[0].getMessage()
+    assert records[0].exc_info is None and "Traceback" not in records[0].getMessage()
+    assert len(records[0].getMessage()) < 300  # never the client's document
+
+
+@pytest.mark.parametrize("structured", [True, False])
 async def test_an_endpoint_crash_before_accept_is_an_http_500(
     structured: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -256,36 +282,52 @@ def origin_router(**route_options: Any) -> Router:
 
     return Router(
         [
-            WebSocketRoute("/strict", ok, **route_options),
-            WebSocketRoute("/open", ok, allowed_origins=["https://chat.example", None]),
-        ],
-        allowed_origins=["https://chat.example"],
+            WebSocketRoute("/default", ok),
+            WebSocketRoute("/listed", ok, allowed_origins=["https://chat.example", "null"]),
+            WebSocketRoute("/any", ok, allowed_origins=["*"]),
+        ]
     )
 
 
 @pytest.mark.parametrize(
-    ("path", "origin", "allowed"),
+    ("path", "url", "origin", "allowed"),
     [
-        ("/strict", "https://chat.example", True),
-        ("/strict", "HTTPS://CHAT.EXAMPLE", True),
-        ("/strict", "https://evil.example", False),
-        ("/strict", "https://chat.example.evil.example", False),
-        ("/strict", "http://chat.example", False),
-        ("/strict", None, False),
-        ("/open", None, True),
-        ("/open", "https://evil.example", False),
+        # no Origin: not a browser, admitted everywhere
+        ("/default", "ws://testserver", None, True),
+        ("/listed", "ws://testserver", None, True),
+        # same origin: the scheme, host and port the request was sent to
+        ("/default", "ws://testserver", "http://testserver", True),
+        ("/default", "ws://testserver", "HTTP://TestServer:80/", True),
+        ("/default", "ws://testserver:8080", "http://testserver:8080", True),
+        ("/default", "wss://testserver", "https://testserver", True),
+        ("/default", "ws://[::1]:8000", "http://[::1]:8000", True),
+        ("/default", "ws://testserver", "https://testserver", False),  # scheme differs
+        ("/default", "wss://testserver", "http://testserver", False),
+        ("/default", "ws://testserver:8080", "http://testserver", False),  # port differs
+        ("/default", "ws://testserver", "http://testserver.evil.example", False),
+        ("/default", "ws://testserver", "https://evil.example", False),
+        ("/default", "ws://testserver", "null", False),  # sandboxed pages, file:// URLs
+        ("/default", "ws://testserver", "http://testserver:notaport", False),
+        # listed origins add to the default
+        ("/listed", "ws://testserver", "https://chat.example", True),
+        ("/listed", "ws://testserver", "https://chat.example:443", True),
+        ("/listed", "ws://testserver", "null", True),
+        ("/listed", "ws://testserver", "http://testserver", True),
+        ("/listed", "ws://testserver", "https://chat.example.evil.example", False),
+        ("/listed", "ws://testserver", "http://chat.example", False),
+        ("/any", "ws://testserver", "https://evil.example", True),
     ],
 )
 async def test_origin_check_rejects_cross_site_hijacking_before_accept(
-    path: str, origin: str | None, allowed: bool
+    path: str, url: str, origin: str | None, allowed: bool
 ) -> None:
     headers = {"origin": origin} if origin is not None else {}
     if allowed:
-        async with connect(origin_router(), path, headers=headers) as ws:
+        async with connect(origin_router(), url + path, headers=headers) as ws:
             assert await ws.receive_text() == "welcome"
     else:
-        with pytest.raises(WebSocketDisconnect):
-            async with connect(origin_router(), path, headers=headers):
+        with pytest.raises(WebSocketDisconnect):  # a close before accept: HTTP 403 under a server
+            async with connect(origin_router(), url + path, headers=headers):
                 pass
 
 

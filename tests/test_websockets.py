@@ -15,6 +15,7 @@ import trio
 from tests.driver import FakeServer, serve_app, websocket_scope
 from trio_asgi_ws import (
     FrameTypeError,
+    InvalidJSON,
     WebSocket,
     WebSocketClose,
     WebSocketDisconnect,
@@ -601,3 +602,81 @@ def test_exceptions_match_starlettes_shapes() -> None:
     assert issubclass(WebSocketDisconnected, RuntimeError)
     assert not issubclass(WebSocketDisconnected, WebSocketDisconnect)
     assert [s.value for s in WebSocketState] == [s.value for s in starlette.websockets.WebSocketState]
+
+
+# -- invalid JSON from the client ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "payload", "problem"),
+    [
+        ("text", "{oops", "Expecting property name"),
+        ("text", "[" * 100_000, "Nested too deeply"),
+        ("text", "[" * 5000 + "]" * 5000, "Nested too deeply"),
+        ("binary", b"{oops", "Expecting property name"),
+        ("binary", b"[" * 100_000, "Nested too deeply"),
+        ("binary", b'{"caf\xc3(": 1}', "Invalid UTF-8"),
+    ],
+)
+async def test_invalid_json_raises_one_documented_value_error(
+    mode: str, payload: str | bytes, problem: str
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send)
+        await ws.accept()
+        with pytest.raises(InvalidJSON, match=problem) as info:
+            await ws.receive_json(mode=mode)
+        assert isinstance(info.value, json.JSONDecodeError)  # what Starlette code catches
+        assert isinstance(info.value, ValueError)
+        assert await ws.receive_json(mode=mode) == {"next": "one"}  # the bad frame was consumed
+        await ws.close()
+
+    async with serve_app(app) as server:
+        await server.accepted()
+        await server.send_data(payload)
+        await server.send_data('{"next": "one"}' if mode == "text" else b'{"next": "one"}')
+        await server.expect_sent("websocket.close")
+
+
+async def test_invalid_json_ends_iter_json_and_a_structured_block_closes_1007() -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send)
+        with pytest.raises(InvalidJSON):
+            async with ws:
+                await ws.accept()
+                async for document in ws.iter_json():
+                    await ws.send_json(document)
+
+    async with serve_app(app) as server:
+        await server.accepted()
+        await server.send_data("[1]")
+        assert (await server.expect_sent("websocket.send"))["text"] == "[1]"
+        await server.send_data("[1,")
+        close = await server.expect_sent("websocket.close")
+        assert (close["code"], close["reason"]) == (1007, "invalid JSON")
+        await server.disconnect(1007)
+
+
+# -- rejection in structured mode ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rejection", ["close", "denial"])
+async def test_a_rejected_handshake_ends_the_block_without_waiting_for_a_disconnect(rejection: str) -> None:
+    """The fake server, like Starlette's TestClient, never sends a disconnect after a rejection."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send, close_timeout=60)  # a wait would outlast the test's deadline
+        async with ws:
+            assert (await ws.receive())["type"] == "websocket.connect"
+            if rejection == "close":
+                await ws.close(1008)
+            else:
+                await ws.send_denial_response(starlette.responses.PlainTextResponse("no", status_code=403))
+
+    async with serve_app(app) as server:
+        await server.connect()
+        first = await server.next_sent()
+        assert first["type"] == (
+            "websocket.close" if rejection == "close" else "websocket.http.response.start"
+        )
+        await server.wait_app()  # fails after the driver's deadline (5 s) if the block waits

@@ -3,6 +3,7 @@
 from .datastructures import URL, Address, Headers, QueryParams, State
 from .websockets import (
     FrameTypeError,
+    InvalidJSON,
     WebSocket,
     WebSocketClose,
     WebSocketDisconnect,
@@ -16,6 +17,7 @@ __all__ = [
     "Address",
     "FrameTypeError",
     "Headers",
+    "InvalidJSON",
     "QueryParams",
     "State",
     "WebSocket",

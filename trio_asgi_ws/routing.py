@@ -7,9 +7,17 @@ whose path matches, fills ``websocket.path_params`` with converted values and ru
 ``lifespan`` scope is always answered, since hypercorn's ``serve()`` crashes on apps that ignore it.
 
 Endpoint errors: ``WebSocketException(code, reason)`` closes with that code (before accept it
-rejects the handshake); any other exception closes with 1011 after accept or answers HTTP 500
-before it, and is logged once, with its traceback, on the ``trio_asgi_ws`` logger.  Nothing is
-re-raised to the server, so it never sees an ``ExceptionGroup`` from us.
+rejects the handshake); ``InvalidJSON`` (the client sent a frame that is not JSON to
+``receive_json``) closes with 1007 and is logged on one line at INFO, without a traceback, since
+it is the client's fault; any other exception closes with 1011 after accept or answers HTTP 500
+before it, and is logged once, with its traceback, at ERROR on the ``trio_asgi_ws`` logger.
+Nothing is re-raised to the server, so it never sees an ``ExceptionGroup`` from us.
+
+Origins: a browser sends ``Origin`` with every WebSocket handshake, and cookies with it, so a page
+on any site could open a socket to this app as its logged-in visitor (cross-site WebSocket
+hijacking).  By default the router admits requests without ``Origin`` (not browsers) and
+same-origin ones (``Origin`` names the scheme, host and port the request was sent to); others are
+rejected before accept with HTTP 403.  ``allowed_origins=[...]`` admits more, ``"*"`` any.
 """
 
 from __future__ import annotations
@@ -22,11 +30,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 from ._types import ASGIApp, Receive, Scope, Send
 from .datastructures import Headers
 from .endpoints import WebSocketEndpoint
-from .websockets import WebSocket, WebSocketClose
+from .websockets import InvalidJSON, WebSocket, WebSocketClose
 
 __all__ = [
     "Convertor",
@@ -122,21 +131,50 @@ def _route_path(scope: Scope) -> str:
 class OriginPolicy:
     """Which ``Origin`` headers may open a WebSocket: the defence against cross-site hijacking.
 
-    Browsers always send ``Origin``; other clients usually do not.  A missing header is allowed
-    only when ``None`` is in the list.  Comparison is exact and case-insensitive.
+    Admitted: a request without ``Origin`` (browsers always send one, so this is not a browser,
+    and cannot be riding on a visitor's cookies); a same-origin request, whose ``Origin`` is the
+    scheme (``http`` for ``ws``, ``https`` for ``wss``), host and port of its own ``Host`` header;
+    and the origins in ``allowed`` (``"*"``: any).  Comparison is case-insensitive, with default
+    ports made explicit.  ``None`` in the list is accepted and changes nothing (a request without
+    ``Origin`` is always admitted).  Behind a proxy that rewrites ``Host``, list the public origin.
     """
 
-    def __init__(self, allowed: Sequence[str | None]) -> None:
+    def __init__(self, allowed: Sequence[str | None] = ()) -> None:
         if isinstance(allowed, str):
             raise TypeError("allowed_origins must be a list of origins, not a single string")
-        self._allow_missing = None in allowed
-        self._allowed = {origin.lower().rstrip("/") for origin in allowed if origin is not None}
+        self._any = "*" in allowed
+        self._allowed = {_canonical_origin(origin) for origin in allowed if origin not in (None, "*")}
 
     def allows(self, scope: Scope) -> bool:
-        origin = Headers(scope=scope).get("origin")
-        if origin is None:
-            return self._allow_missing
-        return "*" in self._allowed or origin.lower().rstrip("/") in self._allowed
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if origin is None or self._any:
+            return True
+        canonical = _canonical_origin(origin)
+        if canonical in self._allowed:
+            return True
+        scheme = "https" if scope.get("scheme") in ("wss", "https") else "http"
+        host = headers.get("host")
+        return host is not None and canonical == _canonical_origin(f"{scheme}://{host}")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _canonical_origin(origin: str) -> str:
+    """``scheme://host:port`` in lower case with the port explicit; unparsable input as given."""
+    text = origin.strip().lower().rstrip("/")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return text
+    if not parts.scheme or not parts.hostname:
+        return text
+    if port is None:
+        port = _DEFAULT_PORTS.get(parts.scheme)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}"
 
 
 class WebSocketRoute:
@@ -202,7 +240,13 @@ class WebSocketRoute:
                     raise
                 await websocket._finish(None)
         except Exception as error:
-            if websocket._exit_close(error)[0] == 1011:
+            if isinstance(error, InvalidJSON):
+                logger.info(
+                    "Closed WebSocket %s with 1007: the client sent invalid JSON (%s)",
+                    scope.get("path"),
+                    error,
+                )
+            elif websocket._exit_close(error)[0] == 1011:
                 logger.error(
                     "Error in WebSocket endpoint %s for %s\n%s",
                     self.name,
@@ -231,7 +275,7 @@ class Router:
         self.routes = list(routes)
         self.lifespan_context: Lifespan = lifespan if lifespan is not None else _no_lifespan
         self.default = default
-        self.origins = OriginPolicy(allowed_origins) if allowed_origins is not None else None
+        self.origins = OriginPolicy(allowed_origins or ())
 
     def add_websocket_route(
         self, path: str, endpoint: Endpoint | type[WebSocketEndpoint], **options: Any
@@ -278,7 +322,7 @@ class Router:
                 continue
             scope["path_params"] = {**scope.get("path_params", {}), **params}
             origins = route.origins or self.origins
-            if origins is not None and not origins.allows(scope):
+            if not origins.allows(scope):
                 logger.info("Rejected WebSocket %s from origin %r", path, Headers(scope=scope).get("origin"))
                 await WebSocketClose()(scope, receive, send)
                 return

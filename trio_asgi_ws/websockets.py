@@ -10,7 +10,10 @@ Exceptions raised by this module, one type per situation::
     ├── TypeError
     │   └── FrameTypeError           receive_text() got a binary frame, or the reverse
     └── ValueError
-        └── json.JSONDecodeError     receive_json() got a frame that is not JSON
+        └── json.JSONDecodeError
+            └── InvalidJSON          receive_json() got a frame that is not JSON: bad syntax,
+                                     nesting too deep, or (binary) not UTF-8; escaping a
+                                     structured block or a routed handler, it closes with 1007
 
 A second task calling ``receive()`` while another is waiting in it gets ``trio.BusyResourceError``.
 """
@@ -38,6 +41,7 @@ if sys.version_info < (3, 11):
 
 __all__ = [
     "FrameTypeError",
+    "InvalidJSON",
     "WebSocket",
     "WebSocketClose",
     "WebSocketDisconnect",
@@ -100,6 +104,34 @@ class FrameTypeError(TypeError):
 
 
 _FIELD = {"text": "text", "binary": "bytes"}
+
+
+class InvalidJSON(json.JSONDecodeError):
+    """A frame given to ``receive_json`` is not a JSON document; ``msg`` says why.
+
+    The client's fault, not the server's: leaving a structured block or a routed handler with it
+    closes the connection with **1007 Invalid frame payload data**, and the router logs it on one
+    line without a traceback.  A subclass of ``json.JSONDecodeError``, so Starlette code that
+    catches that still does.
+    """
+
+
+def _parse_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidJSON(error.msg, error.doc, error.pos) from None
+    except RecursionError:  # the C scanner recurses per nesting level
+        raise InvalidJSON("Nested too deeply", text, 0) from None
+
+
+def _decode_utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidJSON(
+            f"Invalid UTF-8 ({error.reason})", data.decode("utf-8", "replace"), error.start
+        ) from None
 
 
 class WebSocketException(Exception):
@@ -217,6 +249,7 @@ class WebSocket(Mapping[str, Any]):
         self._nursery_manager: Any = None
         self._block_scope: trio.CancelScope | None = None
         self._overflowed = False
+        self._rejected = False  # the handshake was answered with a close or an HTTP response
 
     # -- mapping over the scope, and the request data ---------------------------------------
 
@@ -359,8 +392,10 @@ class WebSocket(Mapping[str, Any]):
                 self.application_state = WebSocketState.CONNECTED
             elif message_type == "websocket.close":
                 self.application_state = WebSocketState.DISCONNECTED
+                self._rejected = True
             elif message_type == "websocket.http.response.start":
                 self.application_state = WebSocketState.RESPONSE
+                self._rejected = True
             else:
                 raise RuntimeError(
                     'Expected ASGI message "websocket.accept", "websocket.close" or '
@@ -496,11 +531,14 @@ class WebSocket(Mapping[str, Any]):
         return await self._receive_field("bytes")  # type: ignore[no-any-return]
 
     async def receive_json(self, mode: str = "text") -> Any:
-        """Receive a JSON document from a text frame (or a binary one with ``mode="binary"``)."""
+        """Receive a JSON document from a text frame (or a binary one with ``mode="binary"``).
+
+        A frame that is not JSON raises ``InvalidJSON`` (a ``ValueError``); the frame is consumed.
+        """
         _check_mode(mode)
         if mode == "text":
-            return json.loads(await self._receive_field("text"))
-        return json.loads((await self._receive_field("bytes")).decode("utf-8"))
+            return _parse_json(await self._receive_field("text"))
+        return _parse_json(_decode_utf8(await self._receive_field("bytes")))
 
     def iter_text(self) -> _MessageIterator[str]:
         """``async for`` over text frames until the client disconnects."""
@@ -511,7 +549,7 @@ class WebSocket(Mapping[str, Any]):
         return _MessageIterator(self.receive_bytes)
 
     def iter_json(self) -> _MessageIterator[Any]:
-        """``async for`` over JSON text frames until the client disconnects."""
+        """``async for`` over JSON text frames until the client disconnects (``InvalidJSON`` ends it)."""
         return _MessageIterator(self.receive_json)
 
     async def send_text(self, data: str) -> None:
@@ -619,6 +657,8 @@ class WebSocket(Mapping[str, Any]):
             return 1008, "receive buffer full"
         if isinstance(error, WebSocketException):
             return error.code, error.reason
+        if isinstance(error, InvalidJSON):
+            return 1007, "invalid JSON"
         if error is None or isinstance(error, trio.Cancelled | WebSocketDisconnect):
             return 1000, ""
         return 1011, ""
@@ -640,6 +680,8 @@ class WebSocket(Mapping[str, Any]):
                     await self.send_denial_response(_internal_error_response)
                 else:
                     await self.close(code, reason)
+                return
+            if self._rejected:  # no WebSocket was opened: nothing to close, no disconnect to wait for
                 return
             try:
                 async with trio.open_nursery() as nursery:

@@ -8,7 +8,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected
 
-from examples import echo, rooms
+from examples import chat, echo, rooms
+from tests.integration import attacks
 from tests.integration.conftest import open_client
 from tests.integration.served import served
 
@@ -38,7 +39,9 @@ async def next_message_from(ws: Any, expected: str) -> None:
 async def test_rooms_example_members_of_a_room_see_each_other() -> None:
     async with served(rooms.app) as server:
         with trio.fail_after(DEADLINE):
-            async with member(server, "lobby", "ann", "http://127.0.0.1:8000") as ann:
+            async with member(
+                server, "lobby", "ann", f"http://127.0.0.1:{server.port}"
+            ) as ann:  # same origin
                 assert await ann.get_message() == "ann joined"
                 async with member(server, "lobby", "bob") as bob, member(server, "attic", "eve") as eve:
                     await next_message_from(ann, "bob joined")
@@ -60,3 +63,22 @@ async def test_rooms_example_rejects_foreign_origins_with_403() -> None:
             async with member(server, "lobby", "mallory", "https://evil.example"):
                 pass
     assert info.value.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [
+        ("https://evil.example", 403),  # a page on another site: cross-site WebSocket hijacking
+        ("http://127.0.0.1:{port}", 101),  # the chat's own page
+        ("http://localhost:{port}", 403),  # the same server by another name is another origin
+        (None, 101),  # not a browser
+    ],
+)
+async def test_chat_example_accepts_its_own_page_and_refuses_other_sites(
+    origin: str | None, status: int
+) -> None:
+    async with served(chat.app) as server:
+        headers = [] if origin is None else [("Origin", origin.format(port=server.port))]
+        conn = await attacks.handshake(server.port, "/ws/lobby?name=mallory", headers=headers, check=False)
+        async with conn:
+            assert conn.status == status
