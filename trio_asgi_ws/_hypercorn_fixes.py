@@ -47,6 +47,20 @@ it should do, and the test that attacks a real server and fails without it.
    connection tasks, but a send stuck inside its shield (3) ignores that, so the process never
    exits.  Fix: ``ConnectionGuard.abort_all`` closes every socket still open when the shutdown's
    last grace ends.  Test: ``test_sigterm_with_a_stalled_reader_exits_0_in_time``.
+8. **Reporting a disconnect can block forever.**  When a stream closes, hypercorn sets ``closed``
+   and then waits for room in the app's queue to put ``websocket.disconnect``, often from inside
+   the app's own ``send`` (the send found the socket closed) or from its final ``send(None)``
+   after the app returned.  If the queue is full of messages the app will never read (the
+   ``websocket.connect`` of a handler that rejected without reading it, data a handler will not
+   read), that wait never ends: the connection's tasks and socket stay until shutdown.  If the
+   app cancels the send instead, later closes return early on ``closed`` and the app never learns
+   the client left.  Fix: the disconnect is put without waiting when there is room; otherwise a
+   task of the connection puts it once the app makes room (shielded: a shutdown's cancellation
+   is when a draining app needs it most), and is cancelled when the app returns.  A connection
+   cancelled at the end of a shutdown still reports its close, so a handler draining its queue
+   on the way out does not wait out its close timeout.
+   Tests: ``test_faults.py`` (rejections and resets leave no task behind),
+   ``test_sigterm_with_a_stalled_reader_exits_0_in_time``.
 
 How they are applied: ``applied()`` swaps the classes hypercorn's trio worker instantiates
 (``TCPServer`` in ``hypercorn.trio.run``, ``WSStream`` in ``hypercorn.protocol.h11``/``h2``) for
@@ -129,6 +143,17 @@ class ConnectionGuard:
     def __init__(self, config: GuardedConfig) -> None:
         self._config = config
         self._live: set[_GuardedTCPServer] = set()
+        self._shielded: set[trio.CancelScope] = set()
+
+    @contextmanager
+    def shielded_until_abort(self) -> Iterator[trio.CancelScope]:
+        """A shielded scope that ``abort_all`` gives a last ``_DISCONNECT_NOTICE_TIMEOUT``."""
+        with trio.CancelScope(shield=True) as scope:
+            self._shielded.add(scope)
+            try:
+                yield scope
+            finally:
+                self._shielded.discard(scope)
 
     @contextmanager
     def watching(self, connection: _GuardedTCPServer) -> Iterator[None]:
@@ -156,15 +181,21 @@ class ConnectionGuard:
                     connection.abort(f"nothing received for {read_timeout:g} s")
 
     def abort_all(self) -> None:
-        """Close the socket of every connection still open (their tasks then end at once)."""
+        """Close the socket of every connection still open (their tasks then end at once).
+
+        Disconnect notices still waiting for their app get one more second.
+        """
         if self._live:
             logger.warning("Aborting %d connection(s) still open at the end of shutdown", len(self._live))
         for connection in list(self._live):
             connection.abort(None)
+        deadline = trio.current_time() + _DISCONNECT_NOTICE_TIMEOUT
+        for scope in self._shielded:
+            scope.deadline = min(scope.deadline, deadline)
 
 
 class _GuardedTCPServer(TCPServer):
-    """hypercorn's per-connection server with fixes 3, 4 and 7 (see the module docstring).
+    """hypercorn's per-connection server with fixes 3, 4, 7 and 8 (see the module docstring).
 
     Cancelled (at the end of a shutdown's grace), its read loop still tells the protocol that
     the connection closed, shielded and bounded by ``_DISCONNECT_NOTICE_TIMEOUT``.
@@ -290,7 +321,7 @@ class _BoundedBuffer(WebsocketBuffer):
 
 
 class _GuardedWSStream(WSStream):
-    """hypercorn's WebSocket stream with fixes 1, 2, 5 and 6 (see the module docstring)."""
+    """hypercorn's WebSocket stream with fixes 1, 2, 5, 6 and 8 (see the module docstring)."""
 
     config: GuardedConfig
 
@@ -299,6 +330,8 @@ class _GuardedWSStream(WSStream):
         self._closed = False
         self._refused_with: int | None = None
         self._disconnect_reported = False
+        self._app_finished = False
+        self._pending_put: trio.CancelScope | None = None
         super().__init__(*args)
         self.buffer = _BoundedBuffer(self.config.websocket_max_message_size)
 
@@ -319,12 +352,12 @@ class _GuardedWSStream(WSStream):
             await super().handle(event)
 
     async def _report_disconnect(self) -> None:
-        """Put ``websocket.disconnect`` in the app's queue once, retried if the put is cancelled."""
+        """Queue ``websocket.disconnect`` for the app once, never waiting for room (fix 8)."""
         if self._disconnect_reported:
             return
         self.closed = True
-        if self.app_put is None:  # the handshake never reached the app
-            self._disconnect_reported = True
+        self._disconnect_reported = True
+        if self.app_put is None or self._app_finished:  # nobody will read it
             return
         if self._refused_with is not None:
             code = self._refused_with
@@ -332,8 +365,33 @@ class _GuardedWSStream(WSStream):
             code = CloseReason.NORMAL_CLOSURE
         else:
             code = CloseReason.ABNORMAL_CLOSURE
-        await self.app_put({"type": "websocket.disconnect", "code": int(code)})
-        self._disconnect_reported = True
+        message = {"type": "websocket.disconnect", "code": int(code)}
+        # hypercorn hands the stream its queue's bound send(): the channel has send_nowait()
+        queue: trio.MemorySendChannel[Any] = self.app_put.__self__  # type: ignore[attr-defined]
+        try:
+            queue.send_nowait(message)
+        except trio.WouldBlock:
+            self.task_group.spawn(self._put_when_the_app_reads, message)
+
+    async def _put_when_the_app_reads(self, message: dict[str, Any]) -> None:
+        """Wait for the app to make room; ends when it does, or when the app returns.
+
+        Shielded: when a shutdown cancels the connection, the app is usually draining its queue
+        on the way out and waiting for exactly this message.  The guard's ``abort_all`` ends the
+        wait a second later, so a shutdown always ends.
+        """
+        with self.config.guard.shielded_until_abort() as self._pending_put:
+            if self._app_finished:  # it returned before this task started
+                return
+            assert self.app_put is not None
+            await self.app_put(message)
+
+    async def app_send(self, message: Any) -> None:
+        if message is None:  # the app has returned: a disconnect still waiting will never be read
+            self._app_finished = True
+            if self._pending_put is not None:
+                self._pending_put.cancel()
+        await super().app_send(message)
 
     async def _accept(self, message: Any) -> None:
         offers, self.handshake.extensions = self.handshake.extensions, None
