@@ -696,11 +696,6 @@ def check_block_exit(client: Client, handler: Handler, server: Server, ws: WebSo
         code, reason = 1000, ""
     else:
         code, reason = 1011, ""
-    if isinstance(body_error, BaseExceptionGroup) and quiet_end:
-        # Known bug E (test_a_cancellation_through_a_nursery_closes_like_a_cancellation): a group
-        # of Cancelled counts as an unexpected error, so 1011 (before accept: HTTP 500), not 1000.
-        event("known bug E seen: a body cancelled inside its own nursery was closed as an error")
-        code, reason = 1011, ""
     closes = [message for message in server.sent if message["type"] == "websocket.close"]
     overflow_possible = len(client.data) > handler.max_buffered_messages or (
         len(client.data) > 1 and handler.max_buffered_bytes < 8
@@ -891,12 +886,6 @@ def test_unexpected_server_messages_reach_the_handler_as_runtime_errors(
     assert not log.problems and not server.violations
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug E: WebSocket._exit_close tests isinstance(error, trio.Cancelled), so a body (or a "
-    "plain routed handler) cancelled while inside its own nursery, which raises a group of "
-    "Cancelled, is closed as an unexpected error: 1011, or HTTP 500 before accept",
-)
 @property_settings(20)
 @given(st.sampled_from(["structured_before_accept", "routed_plain_after_accept"]))
 def test_a_cancellation_through_a_nursery_closes_like_a_cancellation(where: str) -> None:

@@ -659,7 +659,7 @@ class WebSocket(Mapping[str, Any]):
             return error.code, error.reason
         if isinstance(error, InvalidJSON):
             return 1007, "invalid JSON"
-        if error is None or isinstance(error, trio.Cancelled | WebSocketDisconnect):
+        if error is None or isinstance(error, trio.Cancelled | WebSocketDisconnect) or _only_cancelled(error):
             return 1000, ""
         return 1011, ""
 
@@ -701,6 +701,11 @@ class WebSocket(Mapping[str, Any]):
                 self.client_state = WebSocketState.DISCONNECTED
                 self._observe_disconnect(message)
                 return
+
+
+def _only_cancelled(error: BaseException) -> bool:
+    """A group of nothing but ``Cancelled`` (a nursery that was cancelled) is a cancellation too."""
+    return isinstance(error, BaseExceptionGroup) and error.split(trio.Cancelled)[1] is None
 
 
 async def _internal_error_response(scope: Scope, receive: Receive, send: Send) -> None:
