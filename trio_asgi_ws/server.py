@@ -203,7 +203,7 @@ async def serve(
     else:
         listening = Sockets([], [sockets], [])
 
-    async def shut_down_gracefully() -> None:
+    async def shut_down_gracefully() -> None:  # hypercorn awaits this; it runs in `nursery` below
         await stop.wait()
         await tracker.close_all(config.graceful_timeout)
         # Every WebSocket handler has finished or been cancelled.  What hypercorn still runs on
@@ -288,7 +288,8 @@ async def _stop_on_signals(stop: trio.Event, *, task_status: trio.TaskStatus[Non
     arriving before the handlers exist waits for them; they are unblocked here.
     """
     with trio.open_signal_receiver(*TERMINATION_SIGNALS) as signals:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATION_SIGNALS)
+        if hasattr(signal, "pthread_sigmask"):  # not on Windows, where no supervisor blocks them
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINATION_SIGNALS)
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
