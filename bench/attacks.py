@@ -31,12 +31,9 @@ server in another checkout (``--pythonpath`` defaults to it, ahead of the venv's
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -48,9 +45,13 @@ from pathlib import Path
 
 import trio
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+for _path in (REPO, HERE):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import _target  # noqa: E402
 
 from tests.integration.attacks import (  # noqa: E402
     OP_BINARY,
@@ -130,22 +131,15 @@ def mib(kib: int) -> str:
     return f"{kib / 1024:.0f}"
 
 
+def peak_text(peak: int, before: int) -> str:
+    """The "peak" column: VmHWM and how far above the RSS before the attack."""
+    return f"{mib(peak)} (+{mib(peak - before)})"
+
+
 # The server under attack
 
-_next_port = iter(PORTS)
-
-
-def free_port() -> int:
-    """The next port of 18000-18999 that can be bound now (each row gets a fresh one)."""
-    for port in _next_port:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port left in 18000-18999")
+free_port = _target.port_picker(PORTS)
+"""The next port of 18000-18999 that can be bound now (each row gets a fresh one)."""
 
 
 @dataclass
@@ -165,22 +159,16 @@ class Server:
     async def drain(self) -> None:
         """Read its stderr into ``lines`` until EOF (an unread pipe would block its logging)."""
         assert self.process.stderr is not None
-        pending = b""
         try:
-            while chunk := await self.process.stderr.receive_some():
-                if self.show_log:
-                    sys.stderr.write(chunk.decode(errors="replace"))
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                if complete:
-                    self.lines += [line.decode(errors="replace") for line in complete]
-                    self._changed.set()
-                    self._changed = trio.Event()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+            await _target.drain_lines(self.process.stderr, self.show_log, self._take)
         finally:
             self._eof = True
             self._changed.set()
+
+    def _take(self, lines: list[str]) -> None:
+        self.lines += lines
+        self._changed.set()
+        self._changed = trio.Event()
 
     def count(self, text: str) -> int:
         return sum(text in line for line in self.lines)
@@ -194,14 +182,33 @@ class Server:
             await self._changed.wait()
 
     def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone
-            os.killpg(self.process.pid, signum)
+        _target.signal_group(self.process.pid, signum)
 
     async def kill(self) -> None:
         """SIGKILL the whole process group (workers included) and reap the server."""
-        self.signal_group(signal.SIGKILL)
-        with trio.move_on_after(5):
+        await _target.kill_group(self.process)
+
+    async def interrupt(
+        self, signum: int, limit: float, *, group: bool = True, kill: bool = True
+    ) -> tuple[int | None, float, float]:
+        """Send ``signum`` to the process group (``group=False``: to the server alone), wait for it.
+
+        The server gets ``limit`` seconds to exit; then, with ``kill``, the group is killed.
+        Returns the exit code (``None``: it did not exit), when the signal went and how long the
+        server took.
+        """
+        if group:
+            self.signal_group(signum)
+        else:
+            os.kill(self.pid, signum)
+        signalled = trio.current_time()
+        with trio.move_on_after(limit):
             await self.process.wait()
+        took = trio.current_time() - signalled
+        code = self.process.returncode
+        if code is None and kill:
+            await self.kill()
+        return code, signalled, took
 
     def tracebacks(self) -> int:
         return self.count("Traceback")
@@ -211,60 +218,37 @@ class Server:
 async def running(settings: Settings, app: str, *extra: str, ready: int = 1) -> AsyncIterator[Server]:
     """Start the server for ``app`` and yield it once ``ready`` "Running on" lines appeared."""
     port = free_port()
-    previous = os.environ.get("PYTHONPATH")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([settings.pythonpath, *([previous] if previous else [])]),
-    }
     command = [
         settings.python, "-m", "trio_asgi_ws", app, "--port", str(port), *settings.server_args, *extra,
     ]  # fmt: skip
-    process = await trio.lowlevel.open_process(
-        command,
-        cwd=settings.cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    process = await _target.open_server(command, cwd=settings.cwd, pythonpath=settings.pythonpath)
     server = Server(process, port, settings.show_server_log)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.drain)
-            try:
-                with trio.fail_after(STARTUP_DEADLINE):
-                    await server.wait_for("Running on http://", ready)
-                yield server
-            finally:
-                with trio.CancelScope(shield=True):
-                    await server.kill()
-                    nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await server.kill()
-            if process.stderr is not None:
-                await process.stderr.aclose()
+    async with _target.supervised(
+        process, server.drain, partial(server.wait_for, "Running on http://", ready), STARTUP_DEADLINE
+    ):
+        yield server
+
+
+async def settled_rss(server: Server) -> tuple[int, bool]:
+    """Let start-up allocations settle; the RSS then, and whether VmHWM could be reset after it."""
+    await trio.sleep(0.2)
+    before = rss_kib(server.pid)
+    return before, reset_peak_rss(server.pid)
+
+
+def peak_and_rss(server: Server) -> tuple[int, int]:
+    """VmHWM and VmRSS now, after an attack."""
+    return peak_rss_kib(server.pid), rss_kib(server.pid)
 
 
 # Small clients
 
 
 async def still_serves(port: int) -> str:
-    """Whether a new client gets an echo within 5 s."""
-    try:
-        with trio.fail_after(5):
-            conn = await handshake(port, "/")
-            async with conn:
-                await conn.send(frame(OP_TEXT, b"still there?"))
-                while True:
-                    received = await conn.receive_frame(within=None)
-                    if received is None:
-                        return "a new client was dropped"
-                    if received.opcode == OP_TEXT:
-                        return "serves new clients"
-    except Exception as error:
-        return f"a new client failed: {type(error).__name__}"
+    """Whether a new client gets an echo (any text message) within 5 s."""
+    return await _target.still_serves(
+        port, "/", expect=b"", served="serves new clients", describe=lambda error: type(error).__name__
+    )
 
 
 async def _echo_round_trip(conn: RawConnection) -> bool:
@@ -311,14 +295,11 @@ async def attack_row(
 ) -> tuple[Row, object]:
     """Run ``run(port)`` against a fresh server; fill the memory columns and the still-serves note."""
     async with running(settings, app) as server:
-        await trio.sleep(0.2)  # let start-up allocations settle
-        before = rss_kib(server.pid)
-        reset_ok = reset_peak_rss(server.pid)
+        before, reset_ok = await settled_rss(server)
         result = await run(server.port)
-        peak = peak_rss_kib(server.pid)
-        after = rss_kib(server.pid)
+        peak, after = peak_and_rss(server)
         serves = await still_serves(server.port)
-    row = Row(key, title, rss=f"{mib(before)} → {mib(after)}", peak=f"{mib(peak)} (+{mib(peak - before)})")
+    row = Row(key, title, rss=f"{mib(before)} → {mib(after)}", peak=peak_text(peak, before))
     row.notes = serves + ("" if reset_ok else "; VmHWM could not be reset: peak since start")
     return row, result
 
@@ -440,9 +421,7 @@ async def row_c1(settings: Settings) -> list[Row]:
     count = settings.stalled_clients
     title = f"{count} clients that never read while the echo floods them (1 MiB messages)"
     async with running(settings, ECHO) as server:
-        await trio.sleep(0.2)
-        before = rss_kib(server.pid)
-        reset_peak_rss(server.pid)
+        before, _ = await settled_rss(server)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             clients: list[StalledClient] = []
@@ -456,8 +435,7 @@ async def row_c1(settings: Settings) -> list[Row]:
             stalled = rss_kib(server.pid)
             queued = _socket_queues(server.pid, server.port, clients)
             dropped = await _watch_drops(server.pid, server.port, clients, settings.stall_wait)
-            peak = peak_rss_kib(server.pid)
-            after = rss_kib(server.pid)
+            peak, after = peak_and_rss(server)
             serves = await still_serves(server.port)
             stop.set()
     sent = ", ".join(f"{client.sent / MiB:.0f}" for client in clients)
@@ -467,7 +445,7 @@ async def row_c1(settings: Settings) -> list[Row]:
             "c1",
             title,
             rss=f"{mib(before)} → {mib(stalled)} → {mib(after)}",
-            peak=f"{mib(peak)} (+{mib(peak - before)})",
+            peak=peak_text(peak, before),
             connection=_drops_text(dropped, count, settings.stall_wait),
             notes=f"+{per_client:.1f} MiB per client once stalled; each sent {sent} MiB before its writes "
             f"stalled; server socket send/receive queues {queued} KiB; {serves}",
@@ -503,9 +481,7 @@ async def row_c2(settings: Settings) -> list[Row]:
     messages, size = 8000, 1000
     title = f"a chat member that never reads (16 KiB SO_RCVBUF); another sends {messages} x {size} B"
     async with running(settings, CHAT) as server:
-        await trio.sleep(0.2)
-        before = rss_kib(server.pid)
-        reset_peak_rss(server.pid)
+        before, _ = await settled_rss(server)
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             stalled: StalledClient = await nursery.start(
@@ -522,15 +498,14 @@ async def row_c2(settings: Settings) -> list[Row]:
             flowed = await _talker(server.port, "attack", messages, size)
             queued = _socket_queues(server.pid, server.port, [stalled])
             dropped = await _watch_drops(server.pid, server.port, [stalled], settings.stall_wait)
-            peak = peak_rss_kib(server.pid)
-            after = rss_kib(server.pid)
+            peak, after = peak_and_rss(server)
             stop.set()
     return [
         Row(
             "c2",
             title,
             rss=f"{mib(before)} → {mib(after)}",
-            peak=f"{mib(peak)} (+{mib(peak - before)})",
+            peak=peak_text(peak, before),
             connection=_drops_text(dropped, 1, settings.stall_wait),
             notes=f"{flowed}; server socket send/receive queues for the stalled member {queued} KiB",
         )
@@ -557,14 +532,7 @@ async def row_d(settings: Settings) -> list[Row]:
 
             nursery.start_soon(read)
             await trio.sleep(0.5)
-            os.kill(server.pid, signal.SIGTERM)
-            signalled = trio.current_time()
-            with trio.move_on_after(limit):
-                await server.process.wait()
-            took = trio.current_time() - signalled
-            code = server.process.returncode
-            if code is None:
-                await server.kill()
+            code, signalled, took = await server.interrupt(signal.SIGTERM, limit, group=False)
             stop.set()
         reader_saw = ""
         if closes:
@@ -667,26 +635,14 @@ async def _supervised_run(
             await trio.sleep(0.3)
         else:
             await trio.sleep(delay)
-        server.signal_group(signal.SIGINT)
-        signalled = trio.current_time()
-        with trio.move_on_after(limit):
-            await server.process.wait()
-        took = trio.current_time() - signalled
-        code = server.process.returncode
-        if code is None:
-            await server.kill()
+        code, _, took = await server.interrupt(signal.SIGINT, limit)
     return code, took, codes
 
 
 async def _signal_during_startup(settings: Settings, delay: float) -> tuple[int | None, float, int]:
     async with running(settings, ECHO, "--workers", "2", ready=0) as server:
         await trio.sleep_until(server.started + delay)
-        server.signal_group(signal.SIGINT)
-        signalled = trio.current_time()
-        with trio.move_on_after(settings.exit_limit):
-            await server.process.wait()
-        took = trio.current_time() - signalled
-        code = server.process.returncode
+        code, _, took = await server.interrupt(signal.SIGINT, settings.exit_limit, kill=False)
         await trio.sleep(0.2)  # let the last log lines arrive
         tracebacks = server.tracebacks()
     return code, took, tracebacks
@@ -754,24 +710,11 @@ ROWS: list[tuple[str, Callable[[Settings], Awaitable[list[Row]]]]] = [
 
 
 def _describe_target(settings: Settings) -> list[str]:
-    env = {**os.environ, "PYTHONPATH": settings.pythonpath}
-    probe = (
-        "import importlib.metadata as m, trio_asgi_ws;"
-        "print(trio_asgi_ws.__file__, 'hypercorn', m.version('hypercorn'), 'wsproto', m.version('wsproto'))"
-    )
-    imported = subprocess.run(
-        [settings.python, "-c", probe], cwd=settings.cwd, env=env, capture_output=True, text=True, timeout=30
-    )
-    commit = subprocess.run(
-        ["git", "-C", str(settings.cwd), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    commit, imports = _target.probe_target(settings.python, settings.cwd, settings.pythonpath)
     return [
         f"server: {settings.python} -m trio_asgi_ws APP --port P {shlex.join(settings.server_args)}".rstrip(),
-        f"cwd: {settings.cwd} (git {commit.stdout.strip() or '?'}), PYTHONPATH={settings.pythonpath}",
-        f"imports: {imported.stdout.strip() or imported.stderr.strip()}",
+        f"cwd: {settings.cwd} (git {commit}), PYTHONPATH={settings.pythonpath}",
+        f"imports: {imports}",
         f"date: {time.strftime('%Y-%m-%d %H:%M:%S')}",
     ]
 

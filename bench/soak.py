@@ -68,7 +68,6 @@ import re
 import resource
 import shlex
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -88,8 +87,11 @@ import trio
 
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, SCRIPT.parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import _target  # noqa: E402
 
 from tests.integration.attacks import (  # noqa: E402
     OP_CLOSE,
@@ -786,19 +788,7 @@ class Settings:
     server_env: dict[str, str] = field(default_factory=dict)
 
 
-_next_port = iter(PORTS)
-
-
-def free_port() -> int:
-    for port in _next_port:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port left in 20000-20999")
+free_port = _target.port_picker(PORTS)
 
 
 _LOG_LINE = re.compile(
@@ -858,15 +848,11 @@ class Server:
 
     async def drain(self) -> None:
         assert self.process.stderr is not None
-        pending = b""
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            while chunk := await self.process.stderr.receive_some():
-                if self.show_log:
-                    sys.stderr.write(chunk.decode(errors="replace"))
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                for line in complete:
-                    self.take(line.decode(errors="replace"))
+        await _target.drain_lines(self.process.stderr, self.show_log, self._take_all)
+
+    def _take_all(self, lines: list[str]) -> None:
+        for line in lines:
+            self.take(line)
 
     async def live_tasks(self) -> dict[str, Any] | None:
         """The wrapper's live tasks and the hub's drops by client port (SIGUSR1)."""
@@ -892,51 +878,22 @@ class Server:
         return None
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        _target.signal_group(self.pid)
 
 
 @asynccontextmanager
 async def running_server(settings: Settings) -> AsyncIterator[Server]:
     port = free_port()
-    previous = os.environ.get("PYTHONPATH")
     tasks_file = None if settings.plain_server else settings.workdir / "tasks.json"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([settings.pythonpath, *([previous] if previous else [])]),
-    }
-    env.update(settings.server_env)
+    env = dict(settings.server_env)
     if tasks_file is not None:
         env["SOAK_TASKS_FILE"] = str(tasks_file)
     entry = ["-m", "trio_asgi_ws"] if settings.plain_server else ["-c", SERVER_WRAPPER]
     command = [settings.python, *entry, APP, "--port", str(port), *settings.server_args]
-    process = await trio.lowlevel.open_process(
-        command,
-        cwd=settings.cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    process = await _target.open_server(command, cwd=settings.cwd, pythonpath=settings.pythonpath, env=env)
     server = Server(process, port, settings.show_server_log, tasks_file)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(server.drain)
-            try:
-                with trio.fail_after(STARTUP_DEADLINE):
-                    await server.running.wait()
-                yield server
-            finally:
-                server.kill()
-                nursery.cancel_scope.cancel()
-    finally:
-        server.kill()
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await process.wait()
-        if process.stderr is not None:
-            with trio.CancelScope(shield=True):
-                await process.stderr.aclose()
+    async with _target.supervised(process, server.drain, server.running.wait, STARTUP_DEADLINE):
+        yield server
 
 
 def plan(settings: Settings) -> list[tuple[int, str, str]]:
@@ -1045,19 +1002,13 @@ class Outcome:
 
 async def still_serves(port: int) -> str:
     """A new chat client joins, posts, and gets its own message back within 5 s."""
-    try:
-        with trio.fail_after(5):
-            conn = await handshake(port, "/ws/soak-check?name=probe")
-            async with conn:
-                await conn.send(frame(OP_TEXT, b"still there?"))
-                while True:
-                    received = await conn.receive_frame(within=None)
-                    if received is None:
-                        return "a new client was dropped"
-                    if received.opcode == OP_TEXT and b"still there?" in received.payload:
-                        return "a new client is served (joined, posted, got its message back)"
-    except Exception as error:
-        return f"a new client failed: {describe(error)}"
+    return await _target.still_serves(
+        port,
+        "/ws/soak-check?name=probe",
+        expect=b"still there?",
+        served="a new client is served (joined, posted, got its message back)",
+        describe=describe,
+    )
 
 
 def prepare_shard(workdir: Path, index: int, spec: dict[str, Any]) -> tuple[Path, Any]:
@@ -1155,10 +1106,8 @@ async def coordinate(settings: Settings) -> Outcome:
             for shard in shards:
                 if shard.returncode is None:
                     outcome.shard_failures.append(f"client process {shard.pid} did not exit: killed")
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(shard.pid, signal.SIGKILL)
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await shard.wait()
+                with trio.CancelScope(shield=True):
+                    await _target.kill_group(shard)
             for log in logs:
                 log.close()
         outcome.left_at = time.monotonic()
@@ -1613,20 +1562,7 @@ def report(outcome: Outcome, description: Sequence[str]) -> None:
 
 
 def describe_target(settings: Settings) -> list[str]:
-    env = {**os.environ, "PYTHONPATH": settings.pythonpath}
-    probe = (
-        "import importlib.metadata as m, trio_asgi_ws;"
-        "print(trio_asgi_ws.__file__, 'hypercorn', m.version('hypercorn'), 'wsproto', m.version('wsproto'))"
-    )
-    imported = subprocess.run(
-        [settings.python, "-c", probe], cwd=settings.cwd, env=env, capture_output=True, text=True, timeout=30
-    )
-    commit = subprocess.run(
-        ["git", "-C", str(settings.cwd), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    commit, imports = _target.probe_target(settings.python, settings.cwd, settings.pythonpath)
     how = (
         "python -m trio_asgi_ws" if settings.plain_server else "python -m trio_asgi_ws (runpy, task counter)"
     )
@@ -1634,8 +1570,7 @@ def describe_target(settings: Settings) -> list[str]:
     return [
         f"server: {environment + ' ' if environment else ''}{how} {APP} --port P "
         f"{shlex.join(settings.server_args)}".rstrip(),
-        f"cwd: {settings.cwd} (git {commit.stdout.strip() or '?'}), imports: "
-        f"{imported.stdout.strip() or imported.stderr.strip()}",
+        f"cwd: {settings.cwd} (git {commit}), imports: {imports}",
         f"date: {time.strftime('%Y-%m-%d %H:%M:%S')}, {os.cpu_count()} CPUs",
     ]
 
