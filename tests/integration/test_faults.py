@@ -297,7 +297,8 @@ FAIL_POINTS = {
 }
 
 
-def raising_app(fail_at: int, *, structured: bool) -> Router:
+def router_with_an_echo() -> Router:
+    """A router whose ``/echo`` route proves the server still serves after a fault."""
     app = Router()
 
     @app.websocket("/echo")
@@ -305,6 +306,12 @@ def raising_app(fail_at: int, *, structured: bool) -> Router:
         await ws.accept()
         async for text in ws.iter_text():
             await ws.send_text(text)
+
+    return app
+
+
+def raising_app(fail_at: int, *, structured: bool) -> Router:
+    app = router_with_an_echo()
 
     async def handler(ws: WebSocket) -> None:
         received = ""
@@ -393,13 +400,7 @@ class Publisher:
 
 
 def forwarding_app(hub: Broadcast) -> Router:
-    app = Router()
-
-    @app.websocket("/echo")
-    async def echo(ws: WebSocket) -> None:
-        await ws.accept()
-        async for text in ws.iter_text():
-            await ws.send_text(text)
+    app = router_with_an_echo()
 
     @app.websocket("/topic/{name}")
     async def subscriber(ws: WebSocket) -> None:
