@@ -216,9 +216,7 @@ class _GuardedTCPServer(TCPServer):
         """Close the socket now: a send or receive blocked on it raises ``ClosedResourceError``."""
         if reason is not None:
             logger.info("Dropping connection from %s: %s", _peer(self.stream), reason)
-        stream = self.stream
-        transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-        transport.socket.close()
+        _socket(self.stream).close()
 
     async def protocol_send(self, event: Any) -> None:
         if not isinstance(event, RawData):
@@ -261,10 +259,16 @@ class _GuardedTCPServer(TCPServer):
                 break
 
 
-def _peer(stream: Any) -> str:
+def _socket(stream: Any) -> trio.socket.SocketType:
+    """The socket under a plain or TLS stream."""
     transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    sock: trio.socket.SocketType = transport.socket
+    return sock
+
+
+def _peer(stream: Any) -> str:
     try:
-        host, port, *_ = transport.socket.getpeername()
+        host, port, *_ = _socket(stream).getpeername()
     except OSError:
         return "a closed socket"
     return f"{host}:{port}"
@@ -327,7 +331,6 @@ class _GuardedWSStream(WSStream):
 
     def __init__(self, *args: Any) -> None:
         self._closed_event = trio.Event()
-        self._closed = False
         self._refused_with: int | None = None
         self._disconnect_reported = False
         self._app_finished = False
@@ -337,11 +340,10 @@ class _GuardedWSStream(WSStream):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closed_event.is_set()
 
     @closed.setter
-    def closed(self, value: bool) -> None:
-        self._closed = value
+    def closed(self, value: bool) -> None:  # hypercorn only ever sets it to False, then True
         if value:
             self._closed_event.set()
 
