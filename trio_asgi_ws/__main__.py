@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -49,23 +49,19 @@ async def _parent_gone(parent: int) -> None:
         await trio.sleep(0.5)
 
 
-def _ignore_signals_outside_serve() -> None:
+def _handle_termination_signals(handler: Callable[[int, Any], None] | int) -> None:
     """In a worker, make SIGINT/SIGTERM harmless whenever ``serve()`` is not handling them.
 
     The supervisor starts workers with these signals blocked, so one sent during start-up waits
     for ``serve()``'s handlers.  Once ``serve()`` returns, its handlers give way to these, so a
     second signal (Ctrl-C reaches the worker, and the supervisor forwards SIGTERM too) arriving
-    while the worker exits cannot kill it with a non-zero status.  Until then a blocked signal
-    must stay pending, which it does under a handler but not under ``SIG_IGN``; ``SIG_IGN`` comes
-    after, because Python resets function handlers to the default action while it finalizes.
+    while the worker exits cannot kill it with a non-zero status.  Before ``serve()`` a blocked
+    signal must stay pending, which it does under a function handler but not under ``SIG_IGN``;
+    ``SIG_IGN`` after it, because Python resets function handlers to the default while it
+    finalizes.
     """
     for signum in TERMINATION_SIGNALS:
-        signal.signal(signum, _already_stopping)
-
-
-def _ignore_termination_signals() -> None:
-    for signum in TERMINATION_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signum, handler)
 
 
 def _already_stopping(signum: int, frame: object) -> None:
@@ -133,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fd is not None:  # a worker: serve on the socket the supervisor bound, while it lives
         options["sockets"] = socket.socket(fileno=args.fd)
         options["shutdown_trigger"] = partial(_parent_gone, os.getppid())
-        _ignore_signals_outside_serve()
+        _handle_termination_signals(_already_stopping)
     elif args.workers > 1 or args.reload:
         worker_argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--reload"]
         return trio.run(supervise, worker_argv, args.host, args.port, args.workers, args.reload)
@@ -141,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trio.run(lambda: serve(app, args.host, args.port, **options))
     finally:
         if args.fd is not None:
-            _ignore_termination_signals()
+            _handle_termination_signals(signal.SIG_IGN)
     return 0
 
 
