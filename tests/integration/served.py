@@ -12,6 +12,8 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from tests.integration.conftest import open_client
+from trio_asgi_ws import WebSocket
+from trio_asgi_ws.routing import Router
 from trio_asgi_ws.server import serve
 
 
@@ -136,3 +138,16 @@ async def hold_reading_clients(port: int, count: int, codes: list[int], ready: t
     async with trio.open_nursery() as nursery:
         for i in range(count):
             nursery.start_soon(one, i)
+
+
+def router_with_an_echo() -> Router:
+    """A router whose ``/echo`` route echoes text (tests add their own routes to it)."""
+    app = Router()
+
+    @app.websocket("/echo")
+    async def echo(ws: WebSocket) -> None:
+        await ws.accept()
+        async for text in ws.iter_text():
+            await ws.send_text(text)
+
+    return app

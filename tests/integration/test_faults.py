@@ -24,7 +24,7 @@ import trio.testing
 
 from tests.integration import attacks
 from tests.integration.redis_server import RedisServer
-from tests.integration.served import served
+from tests.integration.served import router_with_an_echo, served
 from tests.leaks import no_leaked_tasks
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws.broadcast import Broadcast, open_broadcast
@@ -295,19 +295,6 @@ FAIL_POINTS = {
     4: "after the second receive",
     5: "after the last send",
 }
-
-
-def router_with_an_echo() -> Router:
-    """A router whose ``/echo`` route proves the server still serves after a fault."""
-    app = Router()
-
-    @app.websocket("/echo")
-    async def echo(ws: WebSocket) -> None:
-        await ws.accept()
-        async for text in ws.iter_text():
-            await ws.send_text(text)
-
-    return app
 
 
 def raising_app(fail_at: int, *, structured: bool) -> Router:

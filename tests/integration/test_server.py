@@ -11,7 +11,14 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from tests.integration.conftest import open_client
-from tests.integration.served import drain_stderr, hold_reading_clients, served, start_cli, stop_process
+from tests.integration.served import (
+    drain_stderr,
+    hold_reading_clients,
+    router_with_an_echo,
+    served,
+    start_cli,
+    stop_process,
+)
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws.__main__ import load_app, main
 from trio_asgi_ws.routing import Router
@@ -24,7 +31,7 @@ DEADLINE = 15.0
 
 
 def ticker_and_echo() -> Router:
-    app = Router()
+    app = router_with_an_echo()
 
     @app.websocket("/tick")
     async def tick(ws: WebSocket) -> None:
@@ -32,12 +39,6 @@ def ticker_and_echo() -> Router:
         while True:
             await ws.send_text("tick")
             await trio.sleep(0.05)
-
-    @app.websocket("/echo")
-    async def echo(ws: WebSocket) -> None:
-        await ws.accept()
-        async for text in ws.iter_text():
-            await ws.send_text(text)
 
     return app
 
