@@ -1,59 +1,85 @@
-"""Internal nurseries that never leak an ExceptionGroup around a single exception.
+"""Owned nurseries, and the one way this library unwraps the group trio puts around an error.
 
-A class-based async context manager cannot ``yield`` inside ``async with open_nursery()`` (that is
-an async generator holding a nursery, which structured concurrency forbids), so it opens its
-nursery in ``__aenter__`` and closes it in ``__aexit__``: ``OwnedNursery`` does both, and on the
-way out unwraps the group trio puts around a lone error.
+Every nursery this library keeps open across a ``yield`` (a hub's backend task, the test
+client's app task) is opened with ``open_owned_nursery``, an ``@asynccontextmanager``.  That is
+sound: what structured concurrency forbids is an async generator *used as an iterator* holding a
+nursery or cancel scope across its ``yield`` (the consumer's code would then run inside a scope it
+cannot see, and the generator may be finalised out of order).  A context manager's ``yield`` is
+the body of the caller's ``async with``, which runs exactly inside the nursery, as with
+``trio.open_nursery`` itself.
+
+Trio wraps whatever leaves a nursery in an ``ExceptionGroup``.  Where a caller expects a single
+error (a context manager whose body raised, a block whose background task was only cancelled),
+``unwrapped`` takes it out the way trio's own ``raise_single_exception_from_group`` does: the
+non-``Cancelled`` error if there is exactly one, else the first ``Cancelled``, keeping that
+exception's ``__cause__`` and ``__context__``.  Several real errors stay a group: they are all
+news to the caller.
 """
 
 from __future__ import annotations
 
 import sys
-from types import TracebackType
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import NoReturn
 
 import trio
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["OwnedNursery", "raise_single", "single_exception"]
+__all__ = ["only_cancelled", "open_owned_nursery", "raise_unwrapped", "unwrapped"]
 
 
-def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception a nursery wrapped (several Cancelled count as one), else None."""
-    if len(group.exceptions) == 1 or all(isinstance(error, trio.Cancelled) for error in group.exceptions):
-        error: BaseException = group.exceptions[0]
-        return error
-    return None
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
-def raise_single(group: BaseExceptionGroup[BaseException]) -> NoReturn:
-    """Re-raise the lone exception inside ``group`` as itself; a real group stays a group."""
-    error = single_exception(group)
-    if error is None:
+def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error ``group`` stands for: its only non-``Cancelled`` leaf, else a ``Cancelled``.
+
+    Nested groups count by their leaves.  Returns ``group`` itself when it holds two or more
+    errors that are not ``Cancelled``.
+    """
+    leaves = _leaves(group)
+    errors = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+    if len(errors) > 1:
+        return group
+    return errors[0] if errors else leaves[0]
+
+
+def raise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise ``unwrapped(group)``, keeping its own ``__context__`` (not the group's)."""
+    error = unwrapped(group)
+    if error is group:
         raise group
-    raise error from error.__cause__
+    context = error.__context__
+    try:
+        raise error
+    finally:
+        error.__context__ = context
+        del error, context
 
 
-class OwnedNursery:
-    """A nursery opened by ``await open()`` and ended by ``await close(...)`` from ``__aexit__``."""
+def only_cancelled(error: BaseException | None) -> bool:
+    """Whether ``error`` is a cancellation: a ``Cancelled``, or a group of nothing else."""
+    if error is None:
+        return False
+    return all(isinstance(leaf, trio.Cancelled) for leaf in _leaves(error))
 
-    def __init__(self) -> None:
-        self._manager: Any = None
-        self.nursery: trio.Nursery
 
-    async def open(self) -> trio.Nursery:
-        self._manager = trio.open_nursery()
-        self.nursery = await self._manager.__aenter__()
-        return self.nursery
+@asynccontextmanager
+async def open_owned_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose remaining tasks are cancelled when the body ends, raising no lone group.
 
-    async def close(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
-        """Cancel what still runs, wait for it, and re-raise a lone error as itself."""
-        self.nursery.cancel_scope.cancel()
-        try:
-            return bool(await self._manager.__aexit__(exc_type, exc, tb))
-        except BaseExceptionGroup as group:
-            raise_single(group)
+    On a normal exit the nursery is cancelled (its tasks are background work of the body) and
+    waited for.  An error from the body or a task leaves as ``unwrapped`` makes it.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise_unwrapped(group)

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import trio
 
-from ._groups import OwnedNursery
+from ._groups import open_owned_nursery
 from ._types import Message
 from .websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
@@ -339,14 +340,14 @@ class open_broadcast:
     def __init__(self, url: str = "memory://", **options: Any) -> None:
         self._backend = _backend_for(url, options)
         self._hub = Broadcast(self._backend)
-        self._owned = OwnedNursery()
+        self._owned: AbstractAsyncContextManager[trio.Nursery] = open_owned_nursery()
 
     async def __aenter__(self) -> Broadcast:
-        nursery = await self._owned.open()
+        nursery = await self._owned.__aenter__()
         try:
             await nursery.start(self._run_backend)
         except BaseException as error:
-            await self._owned.close(type(error), error, error.__traceback__)
+            await self._owned.__aexit__(type(error), error, error.__traceback__)
             raise
         return self._hub
 
@@ -357,7 +358,7 @@ class open_broadcast:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         self._hub._close()
-        return await self._owned.close(exc_type, exc, tb)
+        return bool(await self._owned.__aexit__(exc_type, exc, tb))
 
 
 def _backend_for(url: str, options: dict[str, Any]) -> Backend:

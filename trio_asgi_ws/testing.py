@@ -27,13 +27,14 @@ import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import trio
 
-from ._groups import OwnedNursery
+from ._groups import open_owned_nursery
 from ._types import ASGIApp, Message, Scope
 from .datastructures import Headers
 from .websockets import WebSocketDisconnect
@@ -84,19 +85,19 @@ class _AppTask:
 
 
 class _NurseryOwner:
-    """An async context manager class that owns a nursery (see ``OwnedNursery``)."""
+    """An async context manager class that owns a nursery (see ``open_owned_nursery``)."""
 
-    _owned: OwnedNursery
+    _owned: AbstractAsyncContextManager[trio.Nursery]
     nursery: trio.Nursery
 
     async def _open_nursery(self) -> None:
-        self._owned = OwnedNursery()
-        self.nursery = await self._owned.open()
+        self._owned = open_owned_nursery()
+        self.nursery = await self._owned.__aenter__()
 
     async def _close_nursery(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        return await self._owned.close(exc_type, exc, tb)
+        return bool(await self._owned.__aexit__(exc_type, exc, tb))
 
 
 class run_lifespan(_NurseryOwner):

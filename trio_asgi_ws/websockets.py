@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from ._groups import raise_single, single_exception
+from ._groups import only_cancelled, raise_unwrapped, unwrapped
 from ._pump import ReceivePump
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .datastructures import URL, Address, Headers, QueryParams, State
@@ -633,8 +633,8 @@ class WebSocket(Mapping[str, Any]):
         try:
             suppressed = bool(await self._nursery_manager.__aexit__(exc_type, exc, tb))
         except BaseExceptionGroup as group:
-            error = single_exception(group)
-            if error is None:
+            error = unwrapped(group)
+            if error is group:
                 raise
         finally:
             self._block_scope = None
@@ -659,7 +659,7 @@ class WebSocket(Mapping[str, Any]):
             return error.code, error.reason
         if isinstance(error, InvalidJSON):
             return 1007, "invalid JSON"
-        if error is None or isinstance(error, trio.Cancelled | WebSocketDisconnect) or _only_cancelled(error):
+        if error is None or isinstance(error, trio.Cancelled | WebSocketDisconnect) or only_cancelled(error):
             return 1000, ""
         return 1011, ""
 
@@ -691,7 +691,7 @@ class WebSocket(Mapping[str, Any]):
                         with contextlib.suppress(WebSocketDisconnect):  # gone already
                             await self.close(code, reason)
             except BaseExceptionGroup as group:
-                raise_single(group)
+                raise_unwrapped(group)
 
     async def _discard_until_disconnect(self) -> None:
         """Read and drop what the client still sends, until its disconnect arrives."""
@@ -701,11 +701,6 @@ class WebSocket(Mapping[str, Any]):
                 self.client_state = WebSocketState.DISCONNECTED
                 self._observe_disconnect(message)
                 return
-
-
-def _only_cancelled(error: BaseException) -> bool:
-    """A group of nothing but ``Cancelled`` (a nursery that was cancelled) is a cancellation too."""
-    return isinstance(error, BaseExceptionGroup) and error.split(trio.Cancelled)[1] is None
 
 
 async def _internal_error_response(scope: Scope, receive: Receive, send: Send) -> None:

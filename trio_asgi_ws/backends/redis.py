@@ -26,7 +26,7 @@ import coredis.exceptions
 import trio
 from coredis.retry import NoRetryPolicy
 
-from .._groups import raise_single, single_exception
+from .._groups import raise_unwrapped
 from ..broadcast import BroadcastMessage
 
 if sys.version_info < (3, 11):
@@ -85,12 +85,10 @@ class RedisBackend:
                 await self._read(deliver, task_status)  # the first connection must work
                 await self._reconnect_forever(deliver)
         except BaseExceptionGroup as group:  # the client's own task group: unwrap ours
-            if single_exception(group) is not None:
-                raise_single(group)
             cancelled, rest = group.split(trio.Cancelled)
             if cancelled is not None and rest is not None and rest.split(_TEARDOWN_NOISE)[1] is None:
-                raise cancelled from None  # the hub is closing; coredis's teardown complaints are moot
-            raise
+                raise_unwrapped(cancelled)  # the hub is closing; coredis's teardown complaints are moot
+            raise_unwrapped(group)
 
     async def _reconnect_forever(self, deliver: Callable[[BroadcastMessage], Awaitable[None]]) -> None:
         backoff = _FIRST_BACKOFF
