@@ -1,15 +1,13 @@
 """An in-process ASGI server for one WebSocket connection, for fast tests without sockets.
 
-It behaves like hypercorn's trio worker where that matters: the app's receive() reads a 10-slot
-trio memory channel (so a client that sends more than the app reads blocks the "network"), data
-messages carry both "text" and "bytes" keys (one of them None), and a disconnect arrives as
-``websocket.disconnect`` with code 1006.  ``spec_24=True`` makes send() raise OSError once the
-client has gone, as ASGI spec 2.4 servers do.
+It is the test client's own ``trio_asgi_ws.testing.AppConnection`` (a 10-slot receive channel
+like hypercorn's trio worker, ``spec_24`` and ``send_gate``), with message-level helpers: data
+messages carry both "text" and "bytes" keys (one of them None) as hypercorn sends them, and a
+disconnect arrives as ``websocket.disconnect`` with code 1006 unless the test says otherwise.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import trio
 
 from trio_asgi_ws._types import ASGIApp, Message, Scope
+from trio_asgi_ws.testing import APP_FINISHED, AppConnection
 
 DEADLINE = 5.0
 
@@ -49,42 +48,37 @@ def websocket_scope(
     return scope
 
 
-class FakeServer:
-    """The server side of one connection: feed the app messages, read what it sent."""
+class FakeServer(AppConnection):
+    """The server side of one connection (the test client's own ``AppConnection``), with helpers
+    to feed the app messages and read what it sent."""
 
     def __init__(
-        self, scope: Scope, *, queue_size: int = 10, hypercorn_style: bool = True, spec_24: bool = False
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        *,
+        queue_size: int = 10,
+        hypercorn_style: bool = True,
+        spec_24: bool = False,
     ) -> None:
-        self.scope = scope
+        super().__init__(app, scope, queue_size=queue_size, spec_24=spec_24)
         self.hypercorn_style = hypercorn_style
-        self.spec_24 = spec_24
-        self._to_app, self._app_inbox = trio.open_memory_channel[Message](queue_size)
-        self._app_outbox, self._from_app = trio.open_memory_channel[Message](math.inf)
-        self.client_gone = False
-        self.send_gate: trio.Event | None = None
-        self.app_finished = trio.Event()
-        self.app_error: BaseException | None = None
-        self.sent: list[Message] = []
 
-    # what the app sees
-    async def receive(self) -> Message:
-        return await self._app_inbox.receive()
+    @property
+    def app_finished(self) -> trio.Event:
+        return self.finished
 
-    async def send(self, message: Message) -> None:
-        if self.send_gate is not None:
-            await self.send_gate.wait()
-        if self.client_gone and self.spec_24:
-            raise OSError("client disconnected")
-        self.sent.append(message)
-        await self._app_outbox.send(message)
+    @property
+    def app_error(self) -> BaseException | None:
+        return self.error
 
     # what the test does
     async def put(self, message: Message) -> None:
         with trio.fail_after(DEADLINE):
-            await self._to_app.send(message)
+            await self.to_app.send(message)
 
     def put_nowait(self, message: Message) -> None:
-        self._to_app.send_nowait(message)
+        self.to_app.send_nowait(message)
 
     async def connect(self) -> None:
         await self.put({"type": "websocket.connect"})
@@ -112,7 +106,9 @@ class FakeServer:
 
     async def next_sent(self) -> Message:
         with trio.fail_after(DEADLINE):
-            return await self._from_app.receive()
+            message = await self.from_app.receive()
+        assert message is not APP_FINISHED, "the app returned"
+        return message
 
     async def expect_sent(self, message_type: str) -> Message:
         message = await self.next_sent()
@@ -126,23 +122,14 @@ class FakeServer:
 
     async def wait_app(self) -> None:
         with trio.fail_after(DEADLINE):
-            await self.app_finished.wait()
+            await self.finished.wait()
 
 
 @asynccontextmanager
 async def serve_app(app: ASGIApp, scope: Scope | None = None, **options: Any) -> AsyncIterator[FakeServer]:
     """Run ``app`` for one connection in a nursery; leaving waits for the app (bounded)."""
-    server = FakeServer(scope if scope is not None else websocket_scope(), **options)
-
-    async def run() -> None:
-        try:
-            await app(server.scope, server.receive, server.send)
-        except Exception as error:
-            server.app_error = error
-        finally:
-            server.app_finished.set()
-
+    server = FakeServer(app, scope if scope is not None else websocket_scope(), **options)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run)
+        nursery.start_soon(server.run)
         yield server
         await server.wait_app()

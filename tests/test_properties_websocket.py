@@ -21,11 +21,8 @@ instrumented to catch what a real server could not survive.  Every example must:
   close code the docs give, never raising an ``ExceptionGroup``, and re-raising a body's own
   error as itself.
 
-Bugs these properties found are pinned each by a small property of its own, marked
-``xfail(strict=True)`` (bugs A to E below); where the big properties meet one of them they
-record it as a hypothesis ``event`` instead of failing, so they keep looking for others.  When a
-fix lands, its pinned property starts passing (strict xfail then fails the run): remove the
-marker and the matching tolerance in ``check_connection``/``check_block_exit``.
+Bugs these properties found (A to D below) each have a small property of their own, which
+failed before the fix (issue 9) and now guards against its return.
 """
 
 from __future__ import annotations
@@ -142,10 +139,10 @@ def clients(draw: st.DrawFn) -> Client:
 class Server:
     """The ASGI server's side of one connection, checking how the app uses ``receive``/``send``."""
 
-    def __init__(self, client: Client, *, strict_spec_24: bool = False) -> None:
+    def __init__(self, client: Client, *, strict_spec_24: bool = True) -> None:
         self.client = client
-        # uvicorn raises OSError only once the handshake is done; the spec's text reads wider
-        # (known bug A: see test_send_failures_before_accept_are_a_disconnect_too).
+        # uvicorn raises OSError only once the handshake is done; the spec's text reads wider, and
+        # by default so does this server (test_send_failures_before_accept_are_a_disconnect_too).
         self.strict_spec_24 = strict_spec_24
         self.accepted = False
         self.scope = websocket_scope(subprotocols=["chat"])
@@ -391,7 +388,11 @@ def documented(error: Exception, call: Call, *, beside_a_receiver: bool) -> bool
     if isinstance(error, FrameTypeError):
         return call.name in RECEIVES - {"receive"}
     if isinstance(error, WebSocketDisconnect):
-        return call.name in {"receive_text", "receive_bytes", "receive_json", "send", "send_raw", "close"}
+        # Any send finds the client gone (1006) under spec 2.4, the handshake's included.
+        return call.name in {"receive_text", "receive_bytes", "receive_json", "send", "send_raw", "close"} | {
+            "accept",
+            "deny",
+        }
     if isinstance(error, InvalidJSON):
         return call.name == "receive_json" or (call.name == "iter" and call.args[0] == "json")
     if isinstance(error, ValueError):  # a subprotocol the client did not offer
@@ -617,16 +618,10 @@ def check_connection(client: Client, handler: Handler, server: Server, ws: WebSo
     implied, order_errors = sent_stream_state(server.sent)
     assert not order_errors, order_errors
     gone = ws.disconnected.is_set()
-    if (
-        implied is CONNECTED
-        and ws.application_state is DISCONNECTED
-        and not gone
-        and "close" in log.cancelled
-    ):
-        event("known bug C seen: a cancelled close() left the state DISCONNECTED with no close sent")
-        return  # see test_a_close_cancelled_in_the_send_queue_is_not_half_done; checks end here
     if implied is CONNECTED and gone:
         assert ws.application_state in (CONNECTED, DISCONNECTED)  # a close to nobody is not sent
+    elif server.send_failures:  # a send that found the client gone ends our side too
+        assert ws.application_state in (implied, DISCONNECTED), (ws.application_state, server.sent)
     else:
         assert ws.application_state is implied, (ws.application_state, server.sent)
     assert gone == (server.disconnect_delivered or server.send_failures > 0)
@@ -669,13 +664,7 @@ def check_block_exit(client: Client, handler: Handler, server: Server, ws: WebSo
         handler.outer_cancel_at is not None and log.exit_time >= log.start_time + handler.outer_cancel_at
     )
     body_error, escaped = log.body_error, log.escaped
-    if outer_cancelled and isinstance(escaped, BaseExceptionGroup):
-        # Known bug B (test_a_block_cancelled_from_outside_still_closes_and_raises_no_group): the block
-        # re-raises its nursery's group and sends no close.  At least nothing else got in.
-        rest = escaped.split(trio.Cancelled)[1]
-        assert rest is None or list(rest.exceptions) == [body_error], repr(escaped)
-        event("known bug B seen: a group escaped a block cancelled from outside, with no close sent")
-        return
+    assert not isinstance(escaped, BaseExceptionGroup), repr(escaped)
     quiet_end = body_error is None or only_cancelled(body_error)
     if quiet_end or isinstance(body_error, WebSocketDisconnect | WebSocketException):
         assert escaped is None or (outer_cancelled and only_cancelled(escaped)), repr(escaped)
@@ -732,13 +721,6 @@ def test_structured_websocket_survives_any_client_and_handler(client: Client, ha
 # -- bugs these properties found, each pinned by a property of its own -------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug A: under a server that raises OSError from send() once the client has gone (ASGI "
-    "2.4's wording, and tests/driver.py's spec_24 mode), sends before accept are not translated: "
-    "accept(), close() and send_denial_response() raise OSError, and a structured block left "
-    "before accept raises OSError out of its own close",
-)
 @property_settings(30)
 @given(st.sampled_from(["accept", "close", "deny", "leave_block", "reject_in_block"]))
 def test_send_failures_before_accept_are_a_disconnect_too(action: str) -> None:
@@ -770,12 +752,6 @@ def test_send_failures_before_accept_are_a_disconnect_too(action: str) -> None:
     assert outcomes in ([], [1006]), outcomes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug B: when an enclosing cancel scope is cancelled and the block's nursery ends with "
-    "more than one exception (the body's error, or its own nursery's Cancelled group, beside the "
-    "pump's Cancelled), __aexit__ re-raises the ExceptionGroup before _finish: no close is sent",
-)
 @property_settings(30)
 @given(
     accepted=st.booleans(),
@@ -802,6 +778,8 @@ def test_a_block_cancelled_from_outside_still_closes_and_raises_no_group(accepte
                     async with trio.open_nursery() as nursery:  # the usual shape of a handler
                         nursery.start_soon(trio.sleep_forever)
                         await trio.sleep_forever()
+            except AppError as error:  # the outer scope does not absorb it: keep it here
+                escaped.append(error)
             except BaseException as error:
                 escaped.append(error)
                 raise
@@ -819,12 +797,6 @@ def test_a_block_cancelled_from_outside_still_closes_and_raises_no_group(accepte
         assert (last.get("type"), last.get("code")) == ("websocket.close", code), server.sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug C: close() sets application_state to DISCONNECTED before it waits for the send "
-    "lock; cancelled while another task sends, it leaves the socket open with nothing sent, "
-    "later close() calls are refused and a structured block no longer closes it",
-)
 @property_settings(20)
 @given(cancel_after=st.sampled_from([0.0, 0.001, 0.003]), structured=st.booleans())
 def test_a_close_cancelled_in_the_send_queue_is_not_half_done(cancel_after: float, structured: bool) -> None:
@@ -856,12 +828,6 @@ def test_a_close_cancelled_in_the_send_queue_is_not_half_done(cancel_after: floa
     assert ws.application_state is DISCONNECTED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug D: the pump queues messages of other types (a server that misbehaves: a second "
-    "websocket.connect, an unknown type) without counting them against its bound; a few in a row "
-    "overflow its channel and trio.WouldBlock escapes the structured block",
-)
 @property_settings(40)
 @given(
     count=st.integers(0, 6),

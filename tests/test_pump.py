@@ -496,10 +496,10 @@ async def test_spec_24_send_errors_after_disconnect_end_a_send_only_handler() ->
     assert fake.app_error is None
 
 
-async def test_unread_messages_hold_the_cancel_back_only_for_close_timeout() -> None:
-    """A handler that never reads again is still cancelled, after close_timeout, not never."""
+async def test_unread_messages_hold_the_cancel_back_only_for_drain_timeout() -> None:
+    """A handler that never reads again is still cancelled, after drain_timeout, not never."""
     outcome = Outcome()
-    options = {"takeover_delay": 0, "close_timeout": 0.05}
+    options = {"takeover_delay": 0, "drain_timeout": 0.05, "close_timeout": 60}
     async with serve_app(structured_app(accept_then_sleep, outcome, **options)) as fake:
         await fake.accepted()
         await fake.send_data("never read")

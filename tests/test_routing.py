@@ -16,6 +16,7 @@ from trio_asgi_ws import WebSocket, WebSocketDisconnect, WebSocketException
 from trio_asgi_ws._types import Message, Receive, Scope, Send
 from trio_asgi_ws.routing import NoMatchFound, Router, WebSocketRoute, compile_path
 from trio_asgi_ws.testing import WebSocketDenied, connect, run_lifespan
+from trio_asgi_ws.websockets import lifecycle
 
 
 async def report_params(ws: WebSocket) -> None:
@@ -148,7 +149,7 @@ async def test_routed_handlers_run_in_structured_mode_unless_opted_out() -> None
     modes: list[bool] = []
 
     async def which(ws: WebSocket) -> None:
-        modes.append(ws._pump is not None)
+        modes.append(lifecycle(ws).pump is not None)
         await ws.accept()
 
     both = Router([WebSocketRoute("/s", which), WebSocketRoute("/p", which, structured=False)])

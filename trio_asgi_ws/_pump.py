@@ -22,16 +22,29 @@ moves between them:
   a lot, within ``2 * _MAX_BACKOFF * takeover_delay`` at worst.
 * **The handler takes the role back.**  When the handler calls ``receive()`` while the pump is
   the reader, it first drains what the pump buffered (in order), then cancels the pump's pending
-  ``receive()`` (trio memory channels, which hypercorn and our test driver use, lose nothing when
-  a receive is cancelled) and waits for the pump's ``_HANDOVER`` marker, after which it reads
-  directly again.
+  ``receive()`` and waits for the pump's ``_HANDOVER`` marker, after which it reads directly
+  again.
 
-Bounds: the pump buffers at most ``max_messages`` data messages and ``max_bytes`` of payload (a
-single message larger than ``max_bytes`` is still accepted into an empty buffer).  When a message
-arrives that does not fit, the pump stops reading and reports *overflow*; the WebSocket then
-closes the connection with 1008 (policy violation) so the client learns its messages were not
-processed.  Nothing is dropped silently and memory stays bounded; the pump never blocks on a full
-buffer, so a client that floods and then leaves can never leave a send-only handler hanging.
+What this assumes of the server: **cancelling a pending ``receive()`` loses no message.**  That
+holds for a ``receive`` that waits on a trio memory channel (hypercorn's trio worker, the test
+client, ``tests/driver.py``): a cancelled ``MemoryReceiveChannel.receive()`` takes nothing out of
+the channel.  On a server whose ``receive()`` can take a message off its queue and then be
+cancelled before returning it (a hand-written ``receive`` that awaits something after dequeuing),
+the message being read at the moment of a hand-back would be lost, once per hand-back.  Such a
+server can still be used safely in plain mode, or with a ``takeover_delay`` longer than the
+handler's pauses (the pump then never takes the role).  The pump cancels the server's
+``receive()`` only there, when the handler asks for the reader role back.
+
+Bounds: the pump buffers at most ``max_messages`` messages from the client and ``max_bytes`` of
+payload (a single message larger than ``max_bytes`` is still accepted into an empty buffer).  When
+a message arrives that does not fit, the pump stops reading and reports *overflow*; the WebSocket
+then closes the connection with 1008 (policy violation) so the client learns its messages were
+not processed.  Nothing is dropped silently and memory stays bounded; the pump never blocks on a
+full buffer, so a client that floods and then leaves can never leave a send-only handler hanging.
+A message of a type the pump does not expect (a misbehaving server's second
+``websocket.connect``) is queued like data and the pump gives up the reader role at once: the
+handler's ``receive()`` raises ``RuntimeError`` for it, as in plain mode.  The channel holds two
+control slots beyond ``max_messages``: the disconnect and a stale hand-over marker.
 
 On disconnect the pump calls ``on_disconnect`` (which records the code, so sends fail from then
 on, and sets the ``disconnected`` event) and queues the disconnect message behind any buffered
@@ -39,8 +52,9 @@ data.  Then it ends the handler's block through ``on_gone``: at once if nothing 
 otherwise only when the handler has either read its way to the disconnect message (the
 ``WebSocket`` ends the block itself then) or stayed away from ``receive()`` for ``linger``
 seconds.  So a reading handler, even a slow one, still gets every message the client sent before
-it left, and a send-only handler still stops promptly (its next send raises, too).  The pump never
-calls ``send()``.
+it left, and a send-only handler still stops promptly (its next send raises, too).  ``linger`` is
+the WebSocket's ``drain_timeout``, a setting of its own (``close_timeout`` bounds the closing
+handshake instead).  The pump never calls ``send()``.
 """
 
 from __future__ import annotations
@@ -105,7 +119,7 @@ class ReceivePump:
             max_messages + _CONTROL_SLOTS
         )
         self._queued = 0  # items in the channel, control markers included
-        self._queued_data = 0  # data messages in the channel
+        self._queued_messages = 0  # messages from the client in the channel, the disconnect aside
         self._queued_bytes = 0
         # Reader role.
         self.relaying = False
@@ -152,8 +166,8 @@ class ReceivePump:
             self._queued -= 1
             self._update_relaying()
             if message is not _HANDOVER:
-                if message["type"] == "websocket.receive":
-                    self._queued_data -= 1
+                if message["type"] != "websocket.disconnect":
+                    self._queued_messages -= 1
                     self._queued_bytes -= _payload_size(message)
                 return message
             if not self.relaying:
@@ -186,7 +200,7 @@ class ReceivePump:
             if final is not None:
                 break
         if final["type"] == "websocket.disconnect":
-            if self._queued_data:  # let a reading handler have what the client sent first
+            if self._queued_messages:  # let a reading handler have what the client sent first
                 self._takeover_delay, self._backoff, self._max_backoff = self._linger, 1, 1
                 self._arm()
                 await self._wait_for_idle_handler()
@@ -219,8 +233,17 @@ class ReceivePump:
                 self._read_scope = None
                 if message is None:  # the handler cancelled our read to take the role back
                     break
-                if not self._deliver(message):
+                kind = message["type"]
+                if kind == "websocket.disconnect":
+                    self._on_disconnect(message)
+                    self._enqueue(message)
                     return message
+                if not self._fits(message):
+                    self._on_overflow()
+                    return message
+                self._enqueue(message)
+                if kind != "websocket.receive":  # not ours to judge: the handler's receive() raises
+                    break
         finally:
             self._pump_reading = False
             self._read_scope = None
@@ -230,25 +253,17 @@ class ReceivePump:
             self._enqueue(_HANDOVER)
         return None
 
-    def _deliver(self, message: Message) -> bool:
-        """Queue one message from the server; return False when the pump must stop."""
-        if message["type"] == "websocket.disconnect":
-            self._on_disconnect(message)
-            self._enqueue(message)
-            return False
-        if message["type"] == "websocket.receive":
-            size = _payload_size(message)
-            if self._queued_data >= self._max_messages or (
-                self._queued_data and self._queued_bytes + size > self._max_bytes
-            ):
-                self._on_overflow()
-                return False
-            self._queued_data += 1
-            self._queued_bytes += size
-        self._enqueue(message)
-        return True
+    def _fits(self, message: Message) -> bool:
+        """Whether one more message from the client fits the buffer's bounds."""
+        queued = self._queued_messages
+        return queued < self._max_messages and (
+            not queued or self._queued_bytes + _payload_size(message) <= self._max_bytes
+        )
 
     def _enqueue(self, message: Message) -> None:
+        if message is not _HANDOVER and message["type"] != "websocket.disconnect":
+            self._queued_messages += 1
+            self._queued_bytes += _payload_size(message)
         self._queued += 1
         self.relaying = True
         self._send_channel.send_nowait(message)

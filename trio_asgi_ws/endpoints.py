@@ -16,7 +16,7 @@ from typing import Any, Literal
 import trio
 
 from ._types import Message, Receive, Scope, Send
-from .websockets import WebSocket
+from .websockets import WebSocket, lifecycle
 
 __all__ = ["WebSocketEndpoint"]
 
@@ -45,6 +45,7 @@ class WebSocketEndpoint:
         if websocket is None:
             websocket = WebSocket(self.scope, self.receive, self.send)
         await self.on_connect(websocket)
+        ending = lifecycle(websocket)
         close_code = 1000
         try:
             while True:
@@ -54,14 +55,14 @@ class WebSocketEndpoint:
                     break
                 await self.on_receive(websocket, await self.decode(websocket, message))
         except trio.Cancelled:
-            if websocket._disconnect is not None:  # the pump saw the client leave
-                close_code = int(websocket._disconnect.get("code") or 1000)
+            if ending.disconnect_code is not None:  # the pump saw the client leave
+                close_code = ending.disconnect_code
             raise
         except Exception:
             close_code = 1011
             raise
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(websocket._close_timeout):
+            with trio.CancelScope(shield=True), trio.move_on_after(ending.settings.close_timeout):
                 await self.on_disconnect(websocket, close_code)
 
     async def decode(self, websocket: WebSocket, message: Message) -> Any:

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from ._types import ASGIApp, Receive, Scope, Send
 from .datastructures import Headers
 from .endpoints import WebSocketEndpoint
-from .websockets import InvalidJSON, WebSocket, WebSocketClose
+from .websockets import InvalidJSON, WebSocket, WebSocketClose, lifecycle
 
 __all__ = [
     "Convertor",
@@ -228,17 +228,10 @@ class WebSocketRoute:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send, **self.websocket_options)
+        ending = lifecycle(websocket)
         try:
-            if self.structured:
-                async with websocket:
-                    await self._call_endpoint(websocket)
-            else:
-                try:
-                    await self._call_endpoint(websocket)
-                except BaseException as error:
-                    await websocket._finish(error)
-                    raise
-                await websocket._finish(None)
+            async with websocket if self.structured else ending.plain_block():
+                await self._call_endpoint(websocket)
         except Exception as error:
             if isinstance(error, InvalidJSON):
                 logger.info(
@@ -246,7 +239,7 @@ class WebSocketRoute:
                     scope.get("path"),
                     error,
                 )
-            elif websocket._exit_close(error)[0] == 1011:
+            elif ending.close_for(error)[0] == 1011:
                 logger.error(
                     "Error in WebSocket endpoint %s for %s\n%s",
                     self.name,

@@ -35,13 +35,14 @@ from hypercorn.trio.run import worker_serve
 
 from . import _hypercorn_fixes
 from ._hypercorn_fixes import Compression, GuardedConfig
+from ._lifecycle import GOING_AWAY, GOING_AWAY_KEY
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["GracefulShutdown", "build_config", "serve"]
 
 logger = logging.getLogger("trio_asgi_ws")
 
-GOING_AWAY = 1001
+_GOING_AWAY_CLOSE: Message = {"type": "websocket.close", "code": GOING_AWAY, "reason": "server shutting down"}
 TERMINATION_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _LEFTOVER_GRACE = 1.0
 _APP_QUEUE_SIZE = 1
@@ -52,20 +53,17 @@ _ABORT_MARGIN = 0.2
 
 
 class _Connection:
-    """One WebSocket's send side, watched so shutdown knows whether and how to close it."""
+    """One WebSocket's send side, watched so shutdown knows whether it still needs a close."""
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self.cancel_scope = trio.CancelScope()
         self.accepted = False
         self.closed = False
-        self.going_away = False
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
         if kind == "websocket.close":
-            if self.going_away and self.accepted:
-                message = {**message, "code": GOING_AWAY, "reason": "server shutting down"}
             self.closed = True
         elif kind == "websocket.accept":
             self.accepted = True
@@ -75,11 +73,18 @@ class _Connection:
 
 
 class GracefulShutdown:
-    """ASGI middleware that can close every open WebSocket with 1001 before the server stops."""
+    """ASGI middleware that can close every open WebSocket with 1001 before the server stops.
+
+    Each WebSocket scope carries a ``trio.Event`` under ``GOING_AWAY_KEY``, set when the server
+    stops: a ``WebSocket`` cancelled by the shutdown reads it and closes with 1001 itself (its
+    close code is decided in one place, ``_lifecycle.close_for``).  A handler that was
+    cancelled without closing (a plain ASGI or Starlette one) is closed here with 1001.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.closing = False
+        self._going_away = trio.Event()
         self._live: set[_Connection] = set()
         self._all_done = trio.Event()
         self._all_done.set()
@@ -94,19 +99,20 @@ class GracefulShutdown:
             return
         if self.closing:
             await receive()  # websocket.connect
-            await send({"type": "websocket.close", "code": GOING_AWAY})
+            await send(_GOING_AWAY_CLOSE)
             return
         connection = _Connection(send)
+        scope[GOING_AWAY_KEY] = self._going_away
         self._live.add(connection)
         self._all_done = trio.Event() if len(self._live) == 1 else self._all_done
         try:
             with connection.cancel_scope:
                 await self.app(scope, receive, connection.send)
         finally:
-            if connection.going_away and connection.accepted and not connection.closed:
+            if self.closing and connection.accepted and not connection.closed:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     try:
-                        await connection.send({"type": "websocket.close", "code": GOING_AWAY})
+                        await connection.send(_GOING_AWAY_CLOSE)
                     except Exception as error:  # the client vanished meanwhile
                         logger.debug("close during shutdown failed: %r", error)
             self._live.discard(connection)
@@ -116,11 +122,11 @@ class GracefulShutdown:
     async def close_all(self, grace: float) -> None:
         """Refuse new WebSockets, close the open ones with 1001, wait for their handlers."""
         self.closing = True
+        self._going_away.set()
         live = list(self._live)
         if live:
             logger.info("Closing %d WebSocket(s) with 1001 Going Away", len(live))
         for connection in live:
-            connection.going_away = True
             connection.cancel_scope.cancel()
         with trio.move_on_after(grace) as waited:
             await self._all_done.wait()

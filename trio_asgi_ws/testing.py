@@ -39,9 +39,18 @@ from ._types import ASGIApp, Message, Scope
 from .datastructures import Headers
 from .websockets import WebSocketDisconnect
 
-__all__ = ["LifespanFailed", "TestWebSocket", "WebSocketDenied", "connect", "run_lifespan"]
+__all__ = [
+    "APP_FINISHED",
+    "AppConnection",
+    "LifespanFailed",
+    "TestWebSocket",
+    "WebSocketDenied",
+    "connect",
+    "run_lifespan",
+]
 
-_APP_FINISHED: Message = {"type": "trio_asgi_ws.testing.app-finished"}
+APP_FINISHED: Message = {"type": "trio_asgi_ws.testing.app-finished"}
+"""Queued on ``AppConnection.from_app`` after the app's last message, when it returns."""
 
 
 class WebSocketDenied(Exception):
@@ -58,27 +67,56 @@ class LifespanFailed(Exception):
     """The app reported ``lifespan.startup.failed`` or ``lifespan.shutdown.failed``."""
 
 
-class _AppTask:
-    """Runs one ASGI call in a nursery and keeps its exception for the test to re-raise."""
+class AppConnection:
+    """The server's side of one ASGI call: what the app receives, and what it has sent.
 
-    def __init__(self, app: ASGIApp, scope: Scope, queue_size: float) -> None:
+    The app's ``receive()`` reads a trio memory channel of ``queue_size`` slots (hypercorn's
+    trio worker reads ahead the same way, so a client that sends more than the app reads blocks
+    the "network"); its ``send()`` records each message in ``sent`` and queues it for the
+    client side on ``from_app``.  With ``spec_24=True`` a send after ``client_gone`` raises
+    ``OSError``, as ASGI spec 2.4 servers do; ``send_gate``, when set to an unset event, holds
+    every send until it is set (a slow network).  ``run()`` calls the app and keeps an
+    ``Exception`` it raises in ``error``; when it returns, ``finished`` is set and ``from_app``
+    gets ``APP_FINISHED``.
+    """
+
+    def __init__(self, app: ASGIApp, scope: Scope, *, queue_size: float = 10, spec_24: bool = False) -> None:
         self.app = app
         self.scope = scope
+        self.spec_24 = spec_24
         self.to_app, self._app_inbox = trio.open_memory_channel[Message](queue_size)
         self._app_outbox, self.from_app = trio.open_memory_channel[Message](math.inf)
         self.error: BaseException | None = None
         self.finished = trio.Event()
+        self.sent: list[Message] = []
+        self.client_gone = False
+        self.send_gate: trio.Event | None = None
+
+    async def receive(self) -> Message:
+        """The app's ``receive``: the next message the client side put."""
+        return await self._app_inbox.receive()
+
+    async def send(self, message: Message) -> None:
+        """The app's ``send``."""
+        if self.send_gate is not None:
+            await self.send_gate.wait()
+        if self.client_gone and self.spec_24:
+            raise OSError("client disconnected")
+        self.sent.append(message)
+        await self._app_outbox.send(message)
 
     async def run(self) -> None:
+        """Run the app once; its ``Exception`` is kept in ``error``, never raised here."""
         try:
-            await self.app(self.scope, self._app_inbox.receive, self._app_outbox.send)
+            await self.app(self.scope, self.receive, self.send)
         except Exception as error:
             self.error = error
         finally:
             self.finished.set()
-            self._app_outbox.send_nowait(_APP_FINISHED)
+            self._app_outbox.send_nowait(APP_FINISHED)
 
     def raise_error(self) -> None:
+        """Raise the app's error, once, if it had one."""
         error, self.error = self.error, None
         if error is not None:
             raise error
@@ -106,10 +144,10 @@ class run_lifespan(_NurseryOwner):
     def __init__(self, app: ASGIApp, *, timeout: float = 5.0) -> None:
         self.state: dict[str, Any] = {}
         self._timeout = timeout
-        self._task = _AppTask(
+        self._task = AppConnection(
             app,
             {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state},
-            math.inf,
+            queue_size=math.inf,
         )
 
     async def __aenter__(self) -> dict[str, Any]:
@@ -136,7 +174,7 @@ class run_lifespan(_NurseryOwner):
         self._task.to_app.send_nowait({"type": request})
         with trio.fail_after(self._timeout):
             reply = await self._task.from_app.receive()
-        if reply is _APP_FINISHED:
+        if reply is APP_FINISHED:
             self._task.raise_error()
             raise LifespanFailed(f"the app returned instead of answering {request!r}")
         if reply["type"] != expected:
@@ -164,7 +202,7 @@ class TestWebSocket(_NurseryOwner):
         self._timeout = timeout
         self._lifespan = run_lifespan(app, timeout=timeout) if lifespan else None
         self._scope = _websocket_scope(url, subprotocols, headers or {}, dict(state or {}), client)
-        self._task: _AppTask | None = None
+        self._task: AppConnection | None = None
         self._closed = False
         self.accepted_subprotocol: str | None = None
         self.extra_headers: list[tuple[bytes, bytes]] = []
@@ -181,7 +219,7 @@ class TestWebSocket(_NurseryOwner):
         if self._lifespan is not None:
             self._scope["state"].update(await self._lifespan.__aenter__())
         await self._open_nursery()
-        self._task = _AppTask(self._app, self._scope, 10)
+        self._task = AppConnection(self._app, self._scope)
         self.nursery.start_soon(self._task.run)
         try:
             await self._handshake()
@@ -230,7 +268,7 @@ class TestWebSocket(_NurseryOwner):
         await task.to_app.send({"type": "websocket.connect"})
         message = await self._next_from_app()
         kind = message["type"]
-        if message is _APP_FINISHED:  # as hypercorn does when an app returns before accepting
+        if message is APP_FINISHED:  # as hypercorn does when an app returns before accepting
             self._closed = True
             raise WebSocketDenied(500, [], b"")
         if kind == "websocket.accept":
@@ -251,7 +289,7 @@ class TestWebSocket(_NurseryOwner):
         else:
             raise RuntimeError(f"unexpected first message from the app: {message!r}")
 
-    def _running(self) -> _AppTask:
+    def _running(self) -> AppConnection:
         if self._task is None:
             raise RuntimeError("use the test WebSocket inside `async with connect(...)`")
         return self._task
@@ -264,8 +302,8 @@ class TestWebSocket(_NurseryOwner):
         except trio.TooSlowError:
             raise trio.TooSlowError(f"no message from the app within {self._timeout} s") from None
         except trio.EndOfChannel:
-            message = _APP_FINISHED
-        if message is _APP_FINISHED:
+            message = APP_FINISHED
+        if message is APP_FINISHED:
             task.from_app.close()
             task.raise_error()
         return message
@@ -307,7 +345,7 @@ class TestWebSocket(_NurseryOwner):
         (1011, as hypercorn sends, if it returned without closing).
         """
         message = await self._next_from_app()
-        if message is _APP_FINISHED:
+        if message is APP_FINISHED:
             if self.close_code is not None:
                 raise WebSocketDisconnect(self.close_code, self.close_reason)
             raise WebSocketDisconnect(1011, "the app returned without closing the WebSocket")

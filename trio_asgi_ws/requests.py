@@ -1,0 +1,96 @@
+"""``HTTPConnection``: what a handler reads from the ASGI scope, shared by every connection type.
+
+As in Starlette, a connection is a read-only ``Mapping`` over its scope (``conn["path"]``), with
+parsed views of it computed on first use and kept: ``url``, ``headers``, ``query_params``,
+``cookies``, ``client``, ``path_params`` and ``state``.  ``WebSocket`` builds on it; nothing here
+waits or does I/O, so none of it can be cancelled or see a disconnect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ._types import Scope
+from .datastructures import URL, Address, Headers, QueryParams, State
+
+__all__ = ["HTTPConnection"]
+
+
+class HTTPConnection(Mapping[str, Any]):
+    """The request side of an ``http`` or ``websocket`` scope (Starlette's ``HTTPConnection``)."""
+
+    def __init__(self, scope: Scope) -> None:
+        if scope.get("type") not in ("http", "websocket"):
+            kind = scope.get("type")
+            raise ValueError(f'HTTPConnection needs an "http" or "websocket" scope, got type {kind!r}')
+        self.scope = scope
+
+    def __getitem__(self, key: str) -> Any:
+        return self.scope[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.scope)
+
+    def __len__(self) -> int:
+        return len(self.scope)
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    @property
+    def app(self) -> Any:
+        return self.scope["app"]
+
+    @property
+    def url(self) -> URL:
+        if not hasattr(self, "_url"):
+            self._url = URL(scope=self.scope)
+        return self._url
+
+    @property
+    def headers(self) -> Headers:
+        if not hasattr(self, "_headers"):
+            self._headers = Headers(scope=self.scope)
+        return self._headers
+
+    @property
+    def query_params(self) -> QueryParams:
+        if not hasattr(self, "_query_params"):
+            self._query_params = QueryParams(self.scope["query_string"])
+        return self._query_params
+
+    @property
+    def path_params(self) -> dict[str, Any]:
+        return self.scope.get("path_params", {})  # type: ignore[no-any-return]
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if not hasattr(self, "_cookies"):
+            self._cookies = parse_cookies(self.headers.getlist("cookie"))
+        return self._cookies
+
+    @property
+    def client(self) -> Address | None:
+        host_port = self.scope.get("client")
+        return Address(*host_port) if host_port is not None else None
+
+    @property
+    def state(self) -> State:
+        if not hasattr(self, "_state"):
+            self._state = State(self.scope.setdefault("state", {}))
+        return self._state
+
+
+def parse_cookies(cookie_headers: list[str]) -> dict[str, str]:
+    """The ``Cookie`` headers' pairs, as browsers send them (Starlette's lenient parsing)."""
+    cookies: dict[str, str] = {}
+    for header in cookie_headers:
+        for chunk in header.split(";"):
+            key, _, value = chunk.partition("=") if "=" in chunk else ("", "", chunk)
+            key, value = key.strip(), value.strip()
+            if key or value:
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                cookies[key] = value
+    return cookies
