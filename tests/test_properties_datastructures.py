@@ -176,11 +176,6 @@ def test_url_from_any_scope_parses_and_its_authority_never_comes_from_the_path_o
         assert not set(netloc) & set("/?#@\\ \t\r\n\x00")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: URL(scope=...) with no server and no valid host header guards only a leading '//' "
-    "in the path; a path such as 'http://evil.test/x' or 'a:b' becomes the URL's scheme and host",
-)
 @property_settings(100)
 @given(st.one_of(paths, st.sampled_from(["http://evil.test/x", "a:b"])))
 def test_url_without_an_authority_never_reads_the_path_as_scheme_or_host(path: str) -> None:

@@ -82,24 +82,34 @@ def _scope_netloc(scope: Scope, scheme: str) -> str | None:
     return f"{host}:{port}"
 
 
-def _scope_path(scope: Scope) -> str:
-    """Join ``root_path`` and ``path`` whether or not the server already included the root."""
+def split_root_path(scope: Scope) -> tuple[str, str]:
+    """``(root, below)``: the app's mount point and the request's path below it.
+
+    ASGI servers differ on whether ``path`` already includes ``root_path``: a path that starts
+    with the root (at a segment boundary) is taken to include it, any other is taken to be
+    below it.  Either way the full path is ``root + below`` and the app's own path is
+    ``below or "/"``.  The root never ends with ``/``.
+    """
     path: str = scope["path"]
     root = str(scope.get("root_path", "")).rstrip("/")
-    if not root or path == root or path.startswith(root + "/"):
-        return path
-    return root + path
+    if root and (path == root or path.startswith(root + "/")):
+        return root, path[len(root) :]
+    return root, path
 
 
 def _url_from_scope(scope: Scope) -> str:
     scheme: str = scope.get("scheme", "http")
-    path = _scope_path(scope).translate(_PATH_ESCAPES)
+    root, below = split_root_path(scope)
+    path = (root + below).translate(_PATH_ESCAPES)
     query = bytes(scope.get("query_string", b"")).decode("latin-1")
     netloc = _scope_netloc(scope, scheme)
     if netloc is not None:
         return SplitResult(scheme, netloc, path, query, "").geturl()
     if path.startswith("//"):  # without an authority, "//x" would be read as host "x"
         path = "/%2F" + path[2:]
+    elif urlsplit(path).scheme:  # and a first segment "a:b" as scheme "a"
+        first, slash, rest = path.partition("/")
+        path = first.replace(":", "%3A") + slash + rest
     return f"{path}?{query}" if query else path
 
 

@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from ._types import ASGIApp, Receive, Scope, Send
-from .datastructures import Headers
+from .datastructures import Headers, split_root_path
 from .endpoints import WebSocketEndpoint
 from .websockets import InvalidJSON, WebSocket, WebSocketClose, lifecycle
 
@@ -117,15 +117,6 @@ def compile_path(path: str) -> tuple[re.Pattern[str], str, dict[str, Convertor[A
     regex += re.escape(path[position:]) + "$"
     template += path[position:]
     return re.compile(regex), template, convertors
-
-
-def _route_path(scope: Scope) -> str:
-    """The path relative to the app's mount point, whether or not the server included it."""
-    path: str = scope["path"]
-    root_path: str = scope.get("root_path", "")
-    if root_path and (path == root_path or path.startswith(root_path.rstrip("/") + "/")):
-        return path[len(root_path.rstrip("/")) :] or "/"
-    return path
 
 
 class OriginPolicy:
@@ -308,7 +299,7 @@ class Router:
             await _not_found(scope, receive, send)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = _route_path(scope)
+        path = split_root_path(scope)[1] or "/"
         for route in self.routes:
             params = route.match(path)
             if params is None:
