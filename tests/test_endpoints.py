@@ -14,6 +14,8 @@ from trio_asgi_ws.testing import connect
 
 disconnect_codes: list[int] = []
 
+VIRTUAL_TIME = True  # async tests run on the autojump clock (tests/conftest.py)
+
 
 class Echo(WebSocketEndpoint):
     encoding = "text"

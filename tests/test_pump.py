@@ -15,6 +15,8 @@ from trio_asgi_ws._types import Receive, Scope, Send
 
 Body = Callable[[WebSocket], Awaitable[None]]
 
+VIRTUAL_TIME = True  # async tests run on the autojump clock (tests/conftest.py)
+
 
 class Outcome:
     """What happened to a structured handler: how its block ended."""

@@ -18,6 +18,8 @@ from trio_asgi_ws.routing import NoMatchFound, Router, WebSocketRoute, compile_p
 from trio_asgi_ws.testing import WebSocketDenied, connect, run_lifespan
 from trio_asgi_ws.websockets import lifecycle
 
+VIRTUAL_TIME = True  # async tests run on the autojump clock (tests/conftest.py)
+
 
 async def report_params(ws: WebSocket) -> None:
     await ws.accept()

@@ -15,6 +15,8 @@ from trio_asgi_ws._types import Receive, Scope, Send
 from trio_asgi_ws.routing import Router
 from trio_asgi_ws.testing import LifespanFailed, WebSocketDenied, connect, run_lifespan
 
+VIRTUAL_TIME = True  # async tests run on the autojump clock (tests/conftest.py)
+
 
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     ws = WebSocket(scope, receive, send)

@@ -26,6 +26,8 @@ from trio_asgi_ws._types import Message, Receive, Scope, Send
 
 Handler = Callable[[WebSocket], Awaitable[None]]
 
+VIRTUAL_TIME = True  # async tests run on the autojump clock (tests/conftest.py)
+
 
 def app_for(handler: Handler, **options: Any) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,0 +1,441 @@
+"""``ReceivePump`` on its own: the reader role, the takeover clock, the bounds, the disconnect.
+
+Each test drives one pump with a scripted handler and a trio memory channel as the server's
+``receive()``, on a ``MockClock`` that moves only when the test jumps it: every step of the
+takeover clock is checked at its boundary (just before the deadline nothing happens, at it the
+pump takes over), and every path is asserted to have been taken (who read each message from the
+server, whether the pump's read was cancelled), never inferred from timing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_asgi_ws._pump import _HANDOVER, _MAX_BACKOFF, ReceivePump
+from trio_asgi_ws._types import Message
+
+DELAY = 1.0  # takeover_delay
+LINGER = 10.0
+
+
+def data(text: str) -> Message:
+    return {"type": "websocket.receive", "text": text, "bytes": None}
+
+
+def texts(messages: list[Message]) -> list[str]:
+    return [message.get("text") or message["type"] for message in messages]
+
+
+@dataclass
+class Rig:
+    """One pump, the server channel behind it, and a record of what happened."""
+
+    clock: trio.testing.MockClock
+    pump: ReceivePump
+    to_server: trio.MemorySendChannel[Message]
+    readers: list[str] = field(default_factory=list)  # "handler" or "pump", per message read
+    server_reads_cancelled: int = 0
+    in_receive: bool = False
+    disconnects: list[Message] = field(default_factory=list)
+    gone: int = 0
+    overflows: int = 0
+    _from_server: trio.MemoryReceiveChannel[Message] = field(init=False, repr=False)
+
+    async def handler_receive(self) -> Message:
+        """What ``WebSocket.receive`` does with the pump."""
+        self.in_receive = True
+        try:
+            if self.pump.relaying:
+                return await self.pump.receive_relayed()
+            return await self.server_receive_as("handler")
+        finally:
+            self.in_receive = False
+            self.pump.handler_left()
+
+    async def handler_receive_during_hand_back(self, text: str) -> Message:
+        """Receive while the buffer is empty and the pump reads: the hand-back, then ``text``."""
+        got: list[Message] = []
+
+        async def handler() -> None:
+            got.append(await self.handler_receive())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handler)
+            await self.step(0)
+            self.to_server.send_nowait(data(text))
+        return got[0]
+
+    async def server_receive_as(self, who: str) -> Message:
+        try:
+            message = await self._from_server.receive()
+        except trio.Cancelled:
+            self.server_reads_cancelled += 1
+            raise
+        self.readers.append(who)
+        return message
+
+    async def step(self, seconds: float) -> None:
+        """Let ``seconds`` of virtual time pass, then let every task run until all block."""
+        await trio.testing.wait_all_tasks_blocked()
+        self.clock.jump(seconds)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+@asynccontextmanager
+async def pump_rig(**options: Any) -> AsyncIterator[Rig]:
+    clock = trio.lowlevel.current_clock()
+    assert isinstance(clock, trio.testing.MockClock)
+    to_server, from_server = trio.open_memory_channel[Message](math.inf)
+    rig: Rig
+
+    async def server_receive() -> Message:
+        current = trio.lowlevel.current_task()
+        return await rig.server_receive_as("pump" if current is pump_task[0] else "handler")
+
+    settings: dict[str, Any] = {
+        "max_messages": 4,
+        "max_bytes": 100,
+        "takeover_delay": DELAY,
+        "linger": LINGER,
+    }
+    settings.update(options)
+    pump = ReceivePump(
+        server_receive,
+        handler_in_receive=lambda: rig.in_receive,
+        on_disconnect=lambda message: rig.disconnects.append(message),
+        on_gone=lambda: setattr(rig, "gone", rig.gone + 1),
+        on_overflow=lambda: setattr(rig, "overflows", rig.overflows + 1),
+        **settings,
+    )
+    rig = Rig(clock, pump, to_server)
+    rig._from_server = from_server
+    pump_task: list[trio.lowlevel.Task | None] = [None]
+
+    async def run_pump(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        pump_task[0] = trio.lowlevel.current_task()
+        task_status.started()
+        await pump.run()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_pump)
+        yield rig
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock()  # moves only when a test jumps it
+
+
+# -- taking the reader role over -------------------------------------------------------------
+
+
+async def test_the_pump_takes_over_exactly_takeover_delay_after_start(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        rig.to_server.send_nowait(data("a"))
+        await rig.step(DELAY * 0.999)
+        assert not rig.pump.relaying and rig.readers == []
+        await rig.step(DELAY * 0.001)
+        assert rig.pump.relaying and rig.readers == ["pump"]
+        assert texts([await rig.handler_receive()]) == ["a"]  # from the buffer
+
+
+async def test_nothing_happens_before_start(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        rig.to_server.send_nowait(data("a"))
+        await rig.step(DELAY * 100)
+        assert not rig.pump.relaying and rig.readers == []
+
+
+async def test_a_handler_that_keeps_reading_keeps_the_fast_path(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        for i in range(10):
+            await rig.step(DELAY * 0.6)  # away for less than the delay, then back
+            rig.to_server.send_nowait(data(str(i)))
+            assert texts([await rig.handler_receive()]) == [str(i)]
+        assert rig.readers == ["handler"] * 10
+        assert not rig.pump.relaying
+
+
+async def test_a_read_meanwhile_rearms_for_a_whole_delay_from_the_look(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        await rig.step(DELAY * 0.5)
+        rig.to_server.send_nowait(data("a"))
+        await rig.handler_receive()  # read at 0.5: the deadline stays at 1.0 (already armed)
+        await rig.step(DELAY * 0.5)  # the look at 1.0 sees a read since arming: re-arm to 2.0
+        rig.to_server.send_nowait(data("b"))
+        await rig.step(DELAY * 0.999)
+        assert rig.readers == ["handler"]
+        await rig.step(DELAY * 0.001)
+        assert rig.readers == ["handler", "pump"]
+
+
+async def test_wasted_looks_double_the_delay_up_to_the_limit(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        backoff = 1
+        for _ in range(_MAX_BACKOFF + 1):
+            async with trio.open_nursery() as nursery:  # the handler waits in receive()...
+                nursery.start_soon(rig.handler_receive)
+                await rig.step(DELAY * backoff)  # ...through the pump's look: a wasted one
+                rig.to_server.send_nowait(data("x"))  # it leaves receive(): re-armed
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+            await rig.step(DELAY * backoff * 0.999)
+            assert rig.readers.count("pump") == 0
+        # Away for the whole backed-off delay: the pump takes over, and the backoff resets.
+        await rig.step(DELAY * _MAX_BACKOFF * 0.001)
+        rig.to_server.send_nowait(data("y"))
+        await rig.step(0)
+        assert rig.readers[-1] == "pump"
+
+
+# -- giving the role back --------------------------------------------------------------------
+
+
+async def test_the_handler_takes_the_role_back_by_cancelling_the_pumps_read(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        await rig.step(DELAY)
+        assert rig.pump.relaying and rig.server_reads_cancelled == 0  # the pump waits in receive()
+        async with trio.open_nursery() as nursery:
+            got: list[Message] = []
+
+            async def handler() -> None:
+                got.append(await rig.handler_receive())
+
+            nursery.start_soon(handler)
+            await rig.step(0)
+            assert rig.server_reads_cancelled == 1  # the pump's read was cancelled: the hand-back
+            assert not rig.pump.relaying
+            rig.to_server.send_nowait(data("a"))
+        assert texts(got) == ["a"] and rig.readers == ["handler"]  # read directly after the marker
+
+
+async def test_buffered_messages_come_first_then_the_role_comes_back_in_order(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        await rig.step(DELAY)
+        for text in "abc":
+            rig.to_server.send_nowait(data(text))
+        await rig.step(0)
+        assert rig.readers == ["pump"] * 3
+        got = [await rig.handler_receive() for _ in range(3)]
+        assert rig.server_reads_cancelled == 0  # the buffer was not empty: no hand-back yet
+        rig.to_server.send_nowait(data("d"))
+        await rig.step(0)
+        assert rig.readers == ["pump"] * 4  # the pump still reads while the handler is away
+        got += [await rig.handler_receive(), await rig.handler_receive_during_hand_back("e")]
+        assert texts(got) == ["a", "b", "c", "d", "e"]
+        assert rig.server_reads_cancelled == 1 and rig.readers[-1] == "handler"
+
+
+@pytest.mark.parametrize("when", ["before_the_marker", "after_the_marker"])
+async def test_a_handler_receive_cancelled_during_the_hand_back_loses_nothing(
+    clock: trio.testing.MockClock, when: str
+) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        await rig.step(DELAY)
+        with trio.CancelScope() as scope:
+            if when == "before_the_marker":
+                scope.cancel()  # it asks for the role back, then its first wait is cancelled
+                await rig.handler_receive()
+            else:  # it got the marker and waits on the server itself: that read is cancelled
+
+                async def cancel_when_blocked() -> None:
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(cancel_when_blocked)
+                    await rig.handler_receive()
+        await rig.step(0)
+        assert rig.server_reads_cancelled == (1 if when == "before_the_marker" else 2)
+        # Before the marker, the pump queued it for a handler that then left: a stale marker,
+        # which the next receive takes and skips.
+        rig.to_server.send_nowait(data("a"))
+        rig.to_server.send_nowait(data("b"))
+        got = [await rig.handler_receive(), await rig.handler_receive()]
+        assert texts(got) == ["a", "b"]
+        assert rig.readers == ["handler", "handler"]
+
+
+# -- the buffer's bounds ---------------------------------------------------------------------
+
+
+async def overflow_after(rig: Rig, messages: list[Message]) -> int:
+    """Let the pump take over and feed ``messages``; how many it buffered before overflowing."""
+    rig.pump.start()
+    await rig.step(DELAY)
+    for message in messages:
+        rig.to_server.send_nowait(message)
+    await rig.step(0)
+    return rig.readers.count("pump") - rig.overflows
+
+
+@pytest.mark.parametrize("max_messages", [1, 2, 4])
+async def test_exactly_max_messages_fit(clock: trio.testing.MockClock, max_messages: int) -> None:
+    async with pump_rig(max_messages=max_messages) as rig:
+        await overflow_after(rig, [data(str(i)) for i in range(max_messages)])
+        assert rig.overflows == 0 and rig.pump.relaying
+        rig.to_server.send_nowait(data("one too many"))
+        await rig.step(0)
+        assert rig.overflows == 1
+        assert not rig.pump.relaying or rig.pump._queued_messages == max_messages
+        got = [await rig.handler_receive() for _ in range(max_messages)]
+        assert texts(got) == [str(i) for i in range(max_messages)]
+
+
+async def test_exactly_max_bytes_fit_counting_text_and_bytes(clock: trio.testing.MockClock) -> None:
+    async with pump_rig(max_messages=10, max_bytes=10) as rig:
+        binary: Message = {"type": "websocket.receive", "bytes": b"12345", "text": None}
+        await overflow_after(rig, [data("abcde"), binary])  # 5 + 5 == max_bytes
+        assert rig.overflows == 0
+        rig.to_server.send_nowait(data("x"))  # one byte over
+        await rig.step(0)
+        assert rig.overflows == 1
+
+
+async def test_text_is_counted_by_its_length(clock: trio.testing.MockClock) -> None:
+    async with pump_rig(max_messages=10, max_bytes=10) as rig:
+        await overflow_after(rig, [data("a" * 9), data("b")])
+        assert rig.overflows == 0
+        rig.to_server.send_nowait(data(""))  # an empty message still fits
+        await rig.step(0)
+        assert rig.overflows == 0
+
+
+async def test_one_message_larger_than_max_bytes_fits_an_empty_buffer_only(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig(max_messages=10, max_bytes=10) as rig:
+        await overflow_after(rig, [data("x" * 50)])
+        assert rig.overflows == 0
+        assert texts([await rig.handler_receive()]) == ["x" * 50]
+    async with pump_rig(max_messages=10, max_bytes=10) as rig:
+        await overflow_after(rig, [data("a"), data("x" * 50)])
+        assert rig.overflows == 1
+
+
+async def test_the_bounds_free_up_as_the_handler_reads(clock: trio.testing.MockClock) -> None:
+    async with pump_rig(max_messages=2, max_bytes=4) as rig:
+        await overflow_after(rig, [data("ab"), data("cd")])
+        assert texts([await rig.handler_receive()]) == ["ab"]
+        rig.to_server.send_nowait(data("ef"))  # fits again: one message, 2 bytes were freed
+        await rig.step(0)
+        assert rig.overflows == 0
+        assert texts([await rig.handler_receive(), await rig.handler_receive()]) == ["cd", "ef"]
+
+
+async def test_an_overflow_stops_the_pump_reading(clock: trio.testing.MockClock) -> None:
+    async with pump_rig(max_messages=1) as rig:
+        await overflow_after(rig, [data("a"), data("b"), data("c")])
+        assert rig.overflows == 1
+        assert rig.readers == ["pump", "pump"]  # "c" is left with the server
+
+
+async def test_an_unexpected_message_is_queued_and_the_role_given_back(clock: trio.testing.MockClock) -> None:
+    async with pump_rig(max_messages=1) as rig:
+        bogus: Message = {"type": "websocket.connect"}
+        await overflow_after(rig, [bogus, bogus, bogus])
+        assert rig.overflows == 0 and rig.readers == ["pump"]  # stopped after the first
+        assert await rig.handler_receive() == bogus
+        assert not rig.pump.relaying
+        assert await rig.handler_receive() == bogus
+        assert rig.readers == ["pump", "handler"]
+
+
+# -- the disconnect --------------------------------------------------------------------------
+
+DISCONNECT: Message = {"type": "websocket.disconnect", "code": 1001}
+
+
+async def test_a_disconnect_with_nothing_buffered_ends_the_block_at_once(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig() as rig:
+        await overflow_after(rig, [DISCONNECT])
+        assert rig.disconnects == [DISCONNECT] and rig.gone == 1
+        assert await rig.handler_receive() == DISCONNECT  # still queued for a reader
+
+
+async def test_buffered_messages_hold_the_end_back_for_a_reading_handler(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig() as rig:
+        await overflow_after(rig, [data("a"), data("b"), DISCONNECT])
+        assert rig.disconnects == [DISCONNECT] and rig.gone == 0
+        await rig.step(LINGER * 0.9)
+        assert texts([await rig.handler_receive()]) == ["a"]  # reading restarts the linger
+        await rig.step(LINGER * 0.9)
+        assert rig.gone == 0
+        assert texts([await rig.handler_receive(), await rig.handler_receive()]) == ["b", DISCONNECT["type"]]
+
+
+async def test_a_handler_away_for_the_linger_is_ended_anyway(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        await overflow_after(rig, [data("a"), DISCONNECT])
+        await rig.step(LINGER * 0.999)
+        assert rig.gone == 0
+        await rig.step(LINGER * 0.001)
+        assert rig.gone == 1
+
+
+async def test_the_linger_is_not_backed_off(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        await overflow_after(rig, [data("a"), data("b"), DISCONNECT])
+        async with trio.open_nursery() as nursery:  # a wasted look during the linger
+            nursery.start_soon(rig.handler_receive)
+            await rig.step(LINGER)
+        await rig.step(LINGER * 0.999)
+        assert rig.gone == 0
+        await rig.step(LINGER * 0.001)
+        assert rig.gone == 1
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_messages": 0}, "max_messages must be at least 1, got 0"),
+        ({"max_bytes": 0}, "max_bytes must be at least 1, got 0"),
+        ({"takeover_delay": -1}, "takeover_delay must be >= 0 seconds, got -1"),
+        ({"takeover_delay": math.nan}, "takeover_delay must be >= 0 seconds, got nan"),
+    ],
+)
+def test_bad_settings_are_refused(options: dict[str, Any], message: str) -> None:
+    async def receive() -> Message:
+        raise AssertionError
+
+    settings: dict[str, Any] = {"max_messages": 1, "max_bytes": 1, "takeover_delay": 0, "linger": 0}
+    settings.update(options)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        ReceivePump(
+            receive,
+            handler_in_receive=lambda: False,
+            on_disconnect=lambda message: None,
+            on_gone=lambda: None,
+            on_overflow=lambda: None,
+            **settings,
+        )
+
+
+def test_the_handover_marker_is_not_a_message_a_client_could_send() -> None:
+    assert _HANDOVER["type"] == "trio_asgi_ws.handover"
