@@ -10,7 +10,13 @@ import trio
 import trio.testing
 
 from tests.driver import serve_app
-from trio_asgi_ws import WebSocket, WebSocketDisconnect, WebSocketException, WebSocketState
+from trio_asgi_ws import (
+    WebSocket,
+    WebSocketDisconnect,
+    WebSocketDisconnected,
+    WebSocketException,
+    WebSocketState,
+)
 from trio_asgi_ws._types import Receive, Scope, Send
 
 Body = Callable[[WebSocket], Awaitable[None]]
@@ -284,6 +290,74 @@ async def test_entering_the_block_twice_is_an_error() -> None:
     async with serve_app(app) as fake:
         await fake.connect()
     assert fake.app_error is None
+
+
+async def test_a_block_entered_after_accept_watches_a_send_only_handler() -> None:
+    """The pump starts at once when the socket is already accepted (not at an accept to come)."""
+    outcome = Outcome()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send, takeover_delay=0.01)
+        outcome.websocket = ws
+        await ws.accept()
+        async with ws:
+            await trio.sleep_forever()  # never receives, never sends: only the pump can notice
+        outcome.exited.set()
+
+    async with serve_app(app) as fake:
+        await fake.accepted()
+        await fake.disconnect(4001)
+        with trio.fail_after(5):
+            await outcome.exited.wait()
+    assert fake.app_error is None
+    assert outcome.websocket is not None and outcome.websocket.client_state is WebSocketState.DISCONNECTED
+
+
+async def test_a_second_block_after_the_first_ended_is_refused_for_the_right_reason() -> None:
+    """Once a block has ended (and closed), entering again reports the disconnect, not a block."""
+    errors: list[BaseException] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send)
+        async with ws:
+            await ws.accept()
+        try:
+            async with ws:
+                pass
+        except WebSocketDisconnected as error:
+            errors.append(error)
+
+    async with serve_app(app) as fake:
+        await fake.accepted()
+        close = await fake.expect_sent("websocket.close")
+        assert (close["code"], close["reason"]) == (1000, "")
+        await fake.disconnect(1000)
+    assert fake.app_error is None
+    assert [str(error) for error in errors] == ["Cannot enter structured mode after a disconnect."]
+
+
+async def test_a_block_can_be_entered_again_while_the_client_is_still_connected() -> None:
+    """The pump reference is reset on exit: a later block runs a pump of its own."""
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send, close_timeout=0.01)
+        async with ws:
+            await ws.accept()
+            seen.append(await ws.receive_text())
+            await ws.close(4000, "first")
+        async with ws:  # the client never answered the close: the socket is still connected
+            seen.append("second block")
+
+    async with serve_app(app) as fake:
+        await fake.accepted()
+        await fake.send_data("hello")
+        close = await fake.expect_sent("websocket.close")
+        assert (close["code"], close["reason"]) == (4000, "first")
+        await trio.sleep(1)  # past close_timeout: the first block has ended
+        await fake.disconnect(1000)
+    assert fake.app_error is None
+    assert seen == ["hello", "second block"]
 
 
 @pytest.mark.parametrize(
