@@ -63,6 +63,7 @@ class Rig:
     async def handler_receive_during_hand_back(self, text: str) -> Message:
         """Receive while the buffer is empty and the pump reads: the hand-back, then ``text``."""
         got: list[Message] = []
+        cancelled_before = self.server_reads_cancelled
 
         async def handler() -> None:
             got.append(await self.handler_receive())
@@ -70,6 +71,8 @@ class Rig:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(handler)
             await self.step(0)
+            assert self.server_reads_cancelled == cancelled_before + 1  # the pump's read, cancelled
+            assert not self.pump.relaying
             self.to_server.send_nowait(data(text))
         return got[0]
 
@@ -210,18 +213,8 @@ async def test_the_handler_takes_the_role_back_by_cancelling_the_pumps_read(
         rig.pump.start()
         await rig.step(DELAY)
         assert rig.pump.relaying and rig.server_reads_cancelled == 0  # the pump waits in receive()
-        async with trio.open_nursery() as nursery:
-            got: list[Message] = []
-
-            async def handler() -> None:
-                got.append(await rig.handler_receive())
-
-            nursery.start_soon(handler)
-            await rig.step(0)
-            assert rig.server_reads_cancelled == 1  # the pump's read was cancelled: the hand-back
-            assert not rig.pump.relaying
-            rig.to_server.send_nowait(data("a"))
-        assert texts(got) == ["a"] and rig.readers == ["handler"]  # read directly after the marker
+        got = await rig.handler_receive_during_hand_back("a")
+        assert texts([got]) == ["a"] and rig.readers == ["handler"]  # read directly after the marker
 
 
 async def test_buffered_messages_come_first_then_the_role_comes_back_in_order(
