@@ -33,6 +33,10 @@ class WebSocketState(enum.Enum):
     DISCONNECTED = 2
     RESPONSE = 3
 
+    # Members are singletons compared by identity: hash them so too, in C, instead of Enum's
+    # Python-level hash of the name (the state tables are looked up on every send).
+    __hash__ = object.__hash__
+
 
 CONNECTING, CONNECTED, DISCONNECTED, RESPONSE = WebSocketState
 
