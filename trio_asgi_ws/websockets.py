@@ -241,11 +241,9 @@ class WebSocket(HTTPConnection):
         known to have gone is a quiet no-op.
         """
         states = self._states
+        # The state table's busiest row (data while connected) without the lookup:
         hot = message["type"] == "websocket.send" and states.application is CONNECTED
-        if hot and states.disconnect is None:
-            after = CONNECTED  # the state table's busiest row, without the lookup
-        else:
-            after = states.check_send(message)
+        after = CONNECTED if hot and states.disconnect is None else states.check_send(message)
         turns = self._send_turns
         waited = turns.busy
         if waited:
