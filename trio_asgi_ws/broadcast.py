@@ -8,48 +8,73 @@
                 ...
         await hub.publish("prices", {"AAPL": 123.4})         # str, bytes or JSON-able
 
-**Publishing never waits for a subscriber** (except under ``block``): each subscription has its
-own bounded trio memory channel, fed with ``send_nowait``.  When a subscriber's buffer is full its
-*overflow policy* decides:
+Theory of operation
+-------------------
 
-- ``drop_oldest``: the oldest buffered message is dropped to make room (live data: prices, cursors);
+A ``Subscription`` is a ``trio.abc.ReceiveChannel`` in front of a trio memory channel of
+``max_buffer`` slots.  The hub holds the sending end; ``hub.subscribe()`` makes one, and entering
+its ``async with`` block puts it on its topic's list until the block exits.
+
+**Publishing never waits for a subscriber** (except under ``block``): the backend brings each
+published message back to the hub (``memory://`` at once, in the publisher's task; ``redis://``
+through the one task reading Redis), and the hub hands it to every subscription of its topic with
+``send_nowait``.  A message handed to a reader already waiting in ``receive()`` goes to it
+directly; otherwise it waits in the buffer.  When the buffer is full the subscription's *overflow
+policy* decides, and under every policy but ``block`` exactly one message is lost and counted in
+``dropped``:
+
+- ``drop_oldest``: the oldest buffered message makes room (live data: prices, cursors);
 - ``drop_newest``: the new message is dropped (keep what the subscriber already has);
-- ``close``: the subscription ends; its iteration raises ``SubscriberTooSlow`` once the buffered
-  messages are read, and a socket attached with ``forward`` is closed with 1013 Try Again Later;
-- ``block``: ``publish`` waits until there is room.  Lossless, for in-process pipelines only: one
-  slow subscriber stalls the publisher and, through it, every other subscriber of the topic.
+- ``close``: the new message is dropped and the subscription ends: it is unsubscribed at once,
+  its buffered messages can still be read, then ``receive()`` raises ``SubscriberTooSlow``; a
+  socket attached with ``forward`` is closed with 1013 Try Again Later;
+- ``block``: the publisher waits until there is room.  Lossless, for in-process pipelines only:
+  one slow subscriber stalls the publisher and, through it, every other subscriber of the topic.
+  Refused (``ValueError``) on a backend whose one reader serves every topic (``redis://``).
 
-Every subscription counts ``delivered``, ``dropped``, ``buffered`` (in use) and ``peak_buffered``.
-Subscribers that drop nothing see each topic's messages in publication order.  A message is
-encoded once per publish (JSON included), not once per subscriber, and ``forward`` sends that one
-prepared ASGI message to each socket.
+How a subscription ends, as ``receive()`` reports it (``async for`` stops quietly on the first):
+
+- ``trio.EndOfChannel``: the hub closed (its ``open_broadcast`` block was left), once the
+  buffered messages have been read;
+- ``SubscriberTooSlow``: a ``close``-policy overflow, once the buffered messages have been read;
+- ``trio.ClosedResourceError``: the subscriber itself left its ``async with`` block (or called
+  ``close()``); whatever was still buffered is discarded.
+
+``receive_nowait()`` reports the same ends, and ``trio.WouldBlock`` only while the subscription is
+live and empty.  Cancelling a ``receive()`` loses nothing: the message stays buffered.
+
+Every subscription counts ``delivered`` (handed to the subscriber), ``dropped`` (lost to its
+policy), ``buffered`` (waiting now, read from the channel: never negative, never above
+``max_buffer``) and ``peak_buffered``.  While it is subscribed, every message published on its
+topic is either delivered, dropped or still buffered.  Subscribers that drop nothing see each
+topic's messages in publication order.  A message is encoded once per publish (JSON included),
+not once per subscriber, and ``forward`` sends that one prepared ASGI message to each socket.
 
 Backends: ``memory://`` (this process) and ``redis://host:port/db`` (every process sharing that
 Redis, see ``trio_asgi_ws.backends.redis``).  With Redis, local subscribers receive what this
-process publishes by way of Redis, like everyone else's, so order is Redis's order.
+process publishes by way of Redis, like everyone else's, so order is Redis's order.  A backend
+implements ``trio_asgi_ws.backends.base.Backend``.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal
 
 import trio
 
 from ._groups import open_owned_nursery
-from ._types import Message
+from .backends.base import Backend, BroadcastMessage, BroadcastStatus
+from .backends.memory import MemoryBackend
 from .websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable
 
 __all__ = [
     "Broadcast",
     "BroadcastMessage",
+    "BroadcastStatus",
     "Overflow",
     "SubscriberTooSlow",
     "Subscription",
@@ -59,48 +84,25 @@ __all__ = [
 Overflow = Literal["drop_oldest", "drop_newest", "close", "block"]
 _POLICIES = ("drop_oldest", "drop_newest", "close", "block")
 TRY_AGAIN_LATER = 1013
+TOO_SLOW_REASON = "too slow: fell behind the broadcast"
 
 
 class SubscriberTooSlow(Exception):
-    """A ``close``-policy subscription overflowed: its consumer did not keep up."""
+    """A ``close``-policy subscription overflowed: its consumer did not keep up.
+
+    Raised by ``receive()``, ``receive_nowait()`` and ``async for`` once the messages buffered
+    before the overflow have been read, and by every call after that.
+    """
 
 
-@dataclass(frozen=True)
-class BroadcastMessage:
-    """One published message, encoded once: ``data`` is ``str`` (text) or ``bytes`` (binary)."""
+class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
+    """One subscriber's bounded buffer on one topic: a trio receive channel of ``BroadcastMessage``.
 
-    topic: str
-    data: str | bytes
-    asgi: Message = field(repr=False, compare=False)
-    """The ``websocket.send`` message that carries ``data``, shared by every socket it goes to."""
-
-    @classmethod
-    def encode(cls, topic: str, message: Any) -> BroadcastMessage:
-        """Text for ``str``, binary for bytes-like, compact non-ASCII-escaped JSON text otherwise."""
-        if isinstance(message, str):
-            return cls(topic, message, {"type": "websocket.send", "text": message})
-        if isinstance(message, bytes | bytearray | memoryview):
-            data = bytes(message)
-            return cls(topic, data, {"type": "websocket.send", "bytes": data})
-        try:
-            text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"cannot publish {type(message).__name__}: not str, bytes or JSON-able"
-            ) from error
-        return cls(topic, text, {"type": "websocket.send", "text": text})
-
-    def json(self) -> Any:
-        """Decode ``data`` as JSON."""
-        return json.loads(self.data)
-
-
-class Subscription:
-    """One subscriber's bounded buffer on one topic; iterate it with ``async for``.
-
-    Use it as ``async with hub.subscribe(...) as sub``: leaving the block unsubscribes.  Iteration
-    ends quietly when the hub closes, and raises ``SubscriberTooSlow`` after a ``close``-policy
-    overflow (once the buffered messages have been read).  Cancelling an iteration loses nothing.
+    Make it with ``hub.subscribe(...)`` and use it as ``async with ... as sub``: entering
+    subscribes, leaving unsubscribes and closes it.  Read it with ``async for message in sub``
+    (ends quietly when the hub closes), ``await sub.receive()`` or ``sub.receive_nowait()``; how
+    each reports the end, the overflow policies and the counters are described in
+    ``trio_asgi_ws.broadcast``.  Reading before the ``async with`` entry raises ``RuntimeError``.
     """
 
     def __init__(self, hub: Broadcast, topic: str, max_buffer: int, overflow: Overflow) -> None:
@@ -113,11 +115,20 @@ class Subscription:
         self.overflow: Overflow = overflow
         self._hub = hub
         self._send, self._receive = trio.open_memory_channel[BroadcastMessage](max_buffer)
+        self._entered = False
         self.delivered = 0
+        """Messages handed to the subscriber."""
         self.dropped = 0
-        self.buffered = 0
+        """Messages lost to the overflow policy (one per overflow, under every policy but block)."""
         self.peak_buffered = 0
+        """The most messages ever waiting in the buffer at once (at most ``max_buffer``)."""
         self.too_slow = False
+        """Whether a ``close``-policy overflow ended the subscription."""
+
+    @property
+    def buffered(self) -> int:
+        """Messages waiting in the buffer now; 0 once the subscriber has closed it."""
+        return self._receive.statistics().current_buffer_used
 
     def __repr__(self) -> str:
         return (
@@ -125,26 +136,87 @@ class Subscription:
             f"dropped={self.dropped} buffered={self.buffered}/{self.max_buffer}>"
         )
 
+    # -- the subscriber's side -----------------------------------------------------------------
+
     async def __aenter__(self) -> Subscription:
+        """Subscribe: from here on every message published on ``topic`` is offered to it."""
+        if self._entered:
+            raise RuntimeError("a subscription can be entered only once; subscribe again instead")
         self._hub._add(self)
-        await self._hub._backend.subscribed(self.topic)
+        self._entered = True
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Unsubscribe and close (see ``close``); never blocks, so it is not a checkpoint."""
+        self.close()
+
+    def close(self) -> None:
+        """Unsubscribe and close the channel: what is still buffered is discarded (it counts as
+        neither delivered nor dropped), and every ``receive`` raises ``trio.ClosedResourceError``,
+        a reader already waiting in one included.  Closing twice does nothing."""
+        self._receive.close()  # first, so that a waiting reader gets ClosedResourceError
         self._end()
-        with trio.CancelScope(shield=True):
-            await self._hub._backend.unsubscribed(self.topic)
+
+    async def aclose(self) -> None:
+        """``close()``, then a checkpoint, as trio's channels do."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    async def receive(self) -> BroadcastMessage:
+        """The next message, waiting for one if none is buffered.
+
+        Raises ``trio.EndOfChannel`` when the hub has closed, ``SubscriberTooSlow`` after a
+        ``close``-policy overflow (each once the buffered messages have been read), and
+        ``trio.ClosedResourceError`` once the subscriber has closed it.  Cancellation loses
+        nothing: a cancelled ``receive()`` has taken no message.
+        """
+        self._check_entered()
+        try:
+            message = await self._receive.receive()
+        except trio.EndOfChannel:
+            self._raise_if_too_slow()
+            raise
+        self.delivered += 1
+        return message
+
+    def receive_nowait(self) -> BroadcastMessage:
+        """The next buffered message, without waiting.
+
+        Raises ``trio.WouldBlock`` when the subscription is live but empty, and otherwise reports
+        the end exactly as ``receive()`` does, so a polling loop learns that it is over.
+        """
+        self._check_entered()
+        try:
+            message = self._receive.receive_nowait()
+        except trio.EndOfChannel:
+            self._raise_if_too_slow()
+            raise
+        self.delivered += 1
+        return message
+
+    def _check_entered(self) -> None:
+        if not self._entered:
+            raise RuntimeError(
+                f"subscription to {self.topic!r} not entered: use `async with hub.subscribe(...) as sub`"
+            )
+
+    def _raise_if_too_slow(self) -> None:
+        if self.too_slow:
+            raise SubscriberTooSlow(
+                f"subscriber to {self.topic!r} fell {self.max_buffer} messages behind"
+            ) from None
+
+    # -- the hub's side ------------------------------------------------------------------------
 
     def _end(self) -> None:
+        """Unsubscribe and close the sending end: readers get what is buffered, then the end."""
         self._hub._remove(self)
         self._send.close()
 
-    # -- the publisher's side ------------------------------------------------------------------
-
     def _offer(self, message: BroadcastMessage) -> None:
-        """Buffer ``message`` without waiting, applying the overflow policy when full."""
+        """Buffer ``message`` without waiting, applying the overflow policy when full (not block)."""
         try:
             self._send.send_nowait(message)
         except trio.WouldBlock:
@@ -154,77 +226,29 @@ class Subscription:
             elif self.overflow == "close":
                 self.too_slow = True
                 self._end()
-                return
             self.dropped += 1
-            return
-        except trio.ClosedResourceError:
-            return  # ended meanwhile
-        self._count_buffered()
+        else:
+            self._note_peak()
 
     async def _offer_blocking(self, message: BroadcastMessage) -> None:
+        """Buffer ``message``, waiting for room while the buffer is full (the block policy).
+
+        If the subscription ends meanwhile the message is not delivered to it; if the publisher
+        is cancelled meanwhile, neither (trio's memory channel takes the message back).
+        """
         try:
-            await self._send.send(message)
-        except trio.ClosedResourceError:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            # Closed: the hub ended it; broken: its subscriber closed it.  Either way it is gone.
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                await self._send.send(message)  # full, so peak_buffered is max_buffer already
             return
-        self._count_buffered()
+        except trio.ClosedResourceError:
+            return  # it ended while the publisher waited for another block subscriber
+        self._note_peak()
 
-    def _count_buffered(self) -> None:
-        self.buffered += 1
+    def _note_peak(self) -> None:
         self.peak_buffered = max(self.peak_buffered, self.buffered)
-
-    # -- the subscriber's side -----------------------------------------------------------------
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> BroadcastMessage:
-        try:
-            message = await self._receive.receive()
-        except trio.EndOfChannel:
-            if self.too_slow:
-                raise SubscriberTooSlow(
-                    f"subscriber to {self.topic!r} fell {self.max_buffer} messages behind"
-                ) from None
-            raise StopAsyncIteration from None
-        return self._count_delivered(message)
-
-    async def receive(self) -> BroadcastMessage:
-        """The next message; raises ``StopAsyncIteration`` when the subscription has ended."""
-        return await self.__anext__()
-
-    def receive_nowait(self) -> BroadcastMessage:
-        """The next buffered message; ``trio.WouldBlock`` if there is none yet."""
-        try:
-            message = self._receive.receive_nowait()
-        except trio.EndOfChannel:
-            raise trio.WouldBlock from None  # the ending surfaces through receive()/iteration
-        return self._count_delivered(message)
-
-    def _count_delivered(self, message: BroadcastMessage) -> BroadcastMessage:
-        self.buffered -= 1
-        self.delivered += 1
-        return message
-
-
-class Backend(Protocol):
-    """Carries published messages to every hub on the same channel (process, Redis, ...)."""
-
-    async def run(
-        self, deliver: Callable[[BroadcastMessage], Awaitable[None]], *, task_status: trio.TaskStatus[None]
-    ) -> None:
-        """Run for the hub's lifetime, calling ``deliver`` for each message that arrives."""
-
-    async def publish(self, message: BroadcastMessage) -> None: ...
-
-    async def subscribed(self, topic: str) -> None: ...
-
-    async def unsubscribed(self, topic: str) -> None: ...
-
-    async def status_changed(self) -> None:
-        """Return at the next change of ``status``."""
-
-    @property
-    def status(self) -> str: ...
 
 
 class Broadcast:
@@ -232,41 +256,65 @@ class Broadcast:
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
-        self._topics: dict[str, set[Subscription]] = {}
+        self._topics: dict[str, dict[Subscription, None]] = {}  # in subscription order
         self._closed = False
 
     @property
-    def status(self) -> str:
-        """The backend's health: ``"connected"``, or e.g. ``"reconnecting"`` during a Redis outage."""
+    def status(self) -> BroadcastStatus:
+        """The backend's health: ``"connected"``, or ``"reconnecting"`` during a Redis outage."""
         return self._backend.status
 
-    async def wait_for_status(self, status: str) -> None:
-        """Wait until ``status`` is ``status`` (e.g. ``"connected"`` again after an outage)."""
-        while self._backend.status != status:
+    async def wait_for_status(self, status: BroadcastStatus | str) -> None:
+        """Wait until ``status`` is ``status`` (e.g. ``"connected"`` again after an outage).
+
+        Returns at once if it already is; raises ``ValueError`` for a status that does not exist.
+        Cancelling it has no effect on the hub.
+        """
+        wanted = BroadcastStatus(status)
+        while self._backend.status != wanted:
             await self._backend.status_changed()
 
     @property
     def lost(self) -> int:
         """Messages published while the backend was unreachable, and so lost (at most once)."""
-        return int(getattr(self._backend, "lost", 0))
+        return self._backend.lost
 
     def subscribe(
         self, topic: str, *, max_buffer: int = 64, overflow: Overflow = "drop_oldest"
     ) -> Subscription:
-        """A subscription to ``topic``, live from its ``async with`` entry to its exit."""
+        """A subscription to ``topic``, live from its ``async with`` entry to its exit.
+
+        Raises ``ValueError`` for a bad ``max_buffer`` or ``overflow``, or for ``"block"`` on a
+        backend that does not permit it (``redis://``), and ``RuntimeError`` once the hub is closed.
+        """
         if self._closed:
             raise RuntimeError("this broadcast hub is closed")
+        if overflow == "block" and not self._backend.permits_block:
+            raise ValueError(
+                f"overflow='block' is refused by {type(self._backend).__name__}: one task delivers "
+                "every topic, so one full 'block' subscriber would stall delivery of all topics in "
+                "this process; use overflow='close' (nothing lost until SubscriberTooSlow ends it) or "
+                "'drop_oldest', or a memory:// hub for a lossless in-process pipeline"
+            )
         return Subscription(self, topic, max_buffer, overflow)
 
     async def publish(self, topic: str, message: Any) -> None:
-        """Send ``message`` (str, bytes or JSON-able) to every subscriber of ``topic``."""
+        """Send ``message`` (str, bytes or JSON-able) to every subscriber of ``topic``.
+
+        Always a checkpoint.  Raises ``TypeError`` (delivering nothing) for a message that is not
+        JSON-able, and ``RuntimeError`` once the hub is closed.  It waits for no subscriber except
+        a full ``block`` one; cancelled while waiting there, the message has reached the
+        subscribers it was handed to before, and no others.  With Redis unreachable the message
+        is lost and counted in ``lost``, not raised.
+        """
         if self._closed:
             raise RuntimeError("this broadcast hub is closed")
         await trio.lowlevel.checkpoint()
         await self._backend.publish(BroadcastMessage.encode(topic, message))
 
     async def _deliver(self, message: BroadcastMessage) -> None:
-        """Hand one message to this process's subscribers of its topic."""
+        """Hand one message to this process's subscribers of its topic, in the order they
+        subscribed (block ones last, so that a full one holds up none of the others)."""
         blocking = []
         for subscription in list(self._topics.get(message.topic, ())):
             if subscription.overflow == "block":
@@ -289,19 +337,25 @@ class Broadcast:
 
         Start it in the socket's structured block (``nursery.start_soon(hub.forward, topic, ws)``,
         or ``await nursery.start(...)`` to get the ``Subscription`` and be subscribed before the
-        next line runs), so the client leaving cancels it and unsubscribes at once.  A client that
-        stops reading costs one bounded buffer; with ``overflow="close"`` it is closed with 1013.
+        next line runs), so the client leaving cancels it and unsubscribes at once.  It returns
+        when the socket is gone, and when the hub closes.  A client that stops reading costs one
+        bounded buffer; under ``overflow="close"`` a client that falls behind is closed with
+        1013 Try Again Later once what was buffered has been sent.  Messages already buffered
+        are sent back to back, without a scheduler pass each.
         """
         async with self.subscribe(topic, max_buffer=max_buffer, overflow=overflow) as subscription:
             task_status.started(subscription)
             try:
-                async for message in subscription:
+                message = await subscription.receive()
+                while True:
                     await websocket.send(message.asgi)
-                    while subscription.buffered:  # catch up without a scheduler pass per message
-                        await websocket.send(subscription.receive_nowait().asgi)
+                    try:
+                        message = subscription.receive_nowait()
+                    except trio.WouldBlock:
+                        message = await subscription.receive()
             except SubscriberTooSlow:
-                await websocket.close(TRY_AGAIN_LATER, "too slow: fell behind the broadcast")
-            except (WebSocketDisconnect, WebSocketDisconnected):
+                await websocket.close(TRY_AGAIN_LATER, TOO_SLOW_REASON)
+            except (trio.EndOfChannel, WebSocketDisconnect, WebSocketDisconnected):
                 return
 
     def subscribers(self, topic: str) -> int:
@@ -314,61 +368,55 @@ class Broadcast:
         return {topic: len(subs) for topic, subs in self._topics.items()}
 
     def _add(self, subscription: Subscription) -> None:
-        self._topics.setdefault(subscription.topic, set()).add(subscription)
+        if self._closed:
+            raise RuntimeError("this broadcast hub is closed")
+        self._topics.setdefault(subscription.topic, {})[subscription] = None
 
     def _remove(self, subscription: Subscription) -> None:
         subs = self._topics.get(subscription.topic)
         if subs is not None:
-            subs.discard(subscription)
+            subs.pop(subscription, None)
             if not subs:
                 del self._topics[subscription.topic]
 
     def _close(self) -> None:
+        """End every subscription (each reader gets its buffered messages, then the end)."""
         self._closed = True
         for subs in list(self._topics.values()):
             for subscription in list(subs):
                 subscription._end()
 
 
-class open_broadcast:
-    """Open a hub on ``url`` for the duration of an ``async with`` block, in a nursery of its own.
+def open_broadcast(url: str = "memory://", **options: Any) -> AbstractAsyncContextManager[Broadcast]:
+    """A hub on ``url`` for the duration of an ``async with`` block, in a nursery of its own.
 
-    ``memory://`` (default) or ``redis://host:port/db``.  Leaving the block ends every
-    subscription (their iterations stop) and stops the backend's tasks.
+    ``memory://`` (default) or ``redis://host:port/db`` (``options`` go to the backend, e.g.
+    ``prefix=``).  An unknown URL raises ``ValueError`` here, at the call.  Entering starts the
+    backend: an error doing so (``ConnectionError`` for an unreachable Redis) raises as itself.
+    Leaving the block ends every subscription (readers get what is buffered, then
+    ``trio.EndOfChannel``: ``async for`` stops quietly) and stops the backend's tasks; an error
+    from the body or the backend leaves as itself, not in an ``ExceptionGroup``.
     """
+    return _running(_backend_for(url, options))
 
-    def __init__(self, url: str = "memory://", **options: Any) -> None:
-        self._backend = _backend_for(url, options)
-        self._hub = Broadcast(self._backend)
-        self._owned: AbstractAsyncContextManager[trio.Nursery] = open_owned_nursery()
 
-    async def __aenter__(self) -> Broadcast:
-        nursery = await self._owned.__aenter__()
+@asynccontextmanager
+async def _running(backend: Backend) -> AsyncIterator[Broadcast]:
+    hub = Broadcast(backend)
+    async with open_owned_nursery() as nursery:
+        await nursery.start(backend.run, hub._deliver)
         try:
-            await nursery.start(self._run_backend)
-        except BaseException as error:
-            await self._owned.__aexit__(type(error), error, error.__traceback__)
-            raise
-        return self._hub
-
-    async def _run_backend(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._backend.run(self._hub._deliver, task_status=task_status)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
-        self._hub._close()
-        return bool(await self._owned.__aexit__(exc_type, exc, tb))
+            yield hub
+        finally:
+            hub._close()
 
 
 def _backend_for(url: str, options: dict[str, Any]) -> Backend:
     scheme = url.partition("://")[0]
     if scheme == "memory":
-        from .backends.memory import MemoryBackend
-
         return MemoryBackend(**options)
     if scheme in ("redis", "rediss"):
-        from .backends.redis import RedisBackend
+        from .backends.redis import RedisBackend  # coredis is an optional dependency
 
         return RedisBackend(url, **options)
     raise ValueError(f"unsupported broadcast URL {url!r}: use memory:// or redis://host:port/db")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -13,29 +15,50 @@ import trio.testing
 from tests.integration.conftest import open_client
 from tests.integration.redis_server import RedisServer
 from tests.integration.served import drain_stderr, start_cli, stop_process
-from trio_asgi_ws.broadcast import open_broadcast
+from trio_asgi_ws.broadcast import BroadcastStatus, open_broadcast
 
 DEADLINE = 15.0
 
 
-async def test_two_hubs_on_one_redis_share_topics() -> None:
-    url = os.environ.get("REDIS_URL")  # the Redis CI starts; else one of our own
+@asynccontextmanager
+async def a_redis() -> AsyncIterator[str]:
+    """The URL of the Redis CI starts (``REDIS_URL``), else of one of our own."""
+    url = os.environ.get("REDIS_URL")
     if url is None:
         async with RedisServer() as redis:
-            await check_two_hubs_share_topics(redis.url)
+            yield redis.url
     else:
-        await check_two_hubs_share_topics(url)
+        yield url
 
 
-async def check_two_hubs_share_topics(url: str) -> None:
-    async with open_broadcast(url) as here, open_broadcast(url) as there:
+async def test_two_hubs_on_one_redis_share_topics() -> None:
+    async with a_redis() as url, open_broadcast(url) as here, open_broadcast(url) as there:
         assert here.status == there.status == "connected"
+        assert here.status is BroadcastStatus.CONNECTED
         async with there.subscribe("room:1") as far, here.subscribe("room:1") as near:
             await here.publish("room:1", {"n": 1})
             await here.publish("room:1", b"\x00bin")
             with trio.fail_after(DEADLINE):
                 assert [(await far.receive()).data for _ in range(2)] == ['{"n":1}', b"\x00bin"]
                 assert [(await near.receive()).data for _ in range(2)] == ['{"n":1}', b"\x00bin"]
+
+
+async def test_a_redis_hub_refuses_the_block_policy_at_once_and_says_what_to_use_instead() -> None:
+    """One task reads Redis for every topic: a full block subscriber would stall them all."""
+    async with a_redis() as url, open_broadcast(url) as hub:
+        with pytest.raises(
+            ValueError,
+            match=r"^overflow='block' is refused by RedisBackend: one task delivers every topic, so one "
+            r"full 'block' subscriber would stall delivery of all topics in this process; use "
+            r"overflow='close' \(nothing lost until SubscriberTooSlow ends it\) or 'drop_oldest', or a "
+            r"memory:// hub for a lossless in-process pipeline$",
+        ):
+            hub.subscribe("t", overflow="block")
+        assert hub.topics == {}
+        async with hub.subscribe("t", max_buffer=2, overflow="close") as sub:  # the alternative works
+            await hub.publish("t", "x")
+            with trio.fail_after(DEADLINE):
+                assert (await sub.receive()).data == "x"
 
 
 async def test_opening_a_hub_on_an_unreachable_redis_raises_connection_error() -> None:

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 import trio
 
-if TYPE_CHECKING:
-    from ..broadcast import BroadcastMessage
+from .base import BroadcastMessage, BroadcastStatus, Deliver
 
 __all__ = ["MemoryBackend"]
 
 
 class MemoryBackend:
-    """Publishing delivers at once, in the publisher's task: nothing runs in the background."""
+    """Publishing delivers at once, in the publisher's task: nothing runs in the background.
 
-    status = "connected"
+    ``overflow="block"`` is permitted: a full ``block`` subscriber stalls only the task publishing
+    to its topic, and through it the rest of that publish's subscribers.
+    """
+
+    permits_block: ClassVar[bool] = True
+    status = BroadcastStatus.CONNECTED  # always: there is nothing to lose touch with
+    lost = 0  # nothing is ever lost on the way
 
     def __init__(self) -> None:
-        self._deliver: Callable[[BroadcastMessage], Awaitable[None]] | None = None
+        self._deliver: Deliver | None = None
 
     async def run(
-        self, deliver: Callable[[BroadcastMessage], Awaitable[None]], *, task_status: trio.TaskStatus[None]
+        self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         self._deliver = deliver
         task_status.started()
@@ -33,10 +37,4 @@ class MemoryBackend:
         await self._deliver(message)
 
     async def status_changed(self) -> None:
-        await trio.sleep_forever()  # always connected
-
-    async def subscribed(self, topic: str) -> None:
-        pass
-
-    async def unsubscribed(self, topic: str) -> None:
-        pass
+        await trio.sleep_forever()  # the status never changes
