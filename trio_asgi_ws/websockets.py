@@ -298,7 +298,12 @@ class WebSocket(HTTPConnection):
         await self.send({"type": "websocket.close", "code": code, "reason": reason or ""})
 
     async def send_denial_response(self, response: ASGIApp) -> None:
-        """Reject the handshake with an HTTP response: any ASGI HTTP response callable works."""
+        """Reject the handshake with an HTTP response: any ASGI HTTP response callable works.
+
+        Its messages are sent like ``send``'s (in turn; a client already gone raises
+        ``WebSocketDisconnect`` (1006)).  Cancelled part-way, the response is left unfinished and
+        the handshake refused; the structured block or the router then sends nothing more.
+        """
         if "websocket.http.response" not in self.scope.get("extensions", {}):
             raise RuntimeError("The server doesn't support the Websocket Denial Response extension.")
         await response(self.scope, self.receive, self._send_response_message)
@@ -348,11 +353,11 @@ class WebSocket(HTTPConnection):
         return _parse_json(_decode_utf8(await self._receive_field("bytes")))
 
     def iter_text(self) -> _MessageIterator[str]:
-        """``async for`` over text frames until the client disconnects."""
+        """``async for`` over text frames until the client disconnects (cancelling it is safe)."""
         return _MessageIterator(self.receive_text)
 
     def iter_bytes(self) -> _MessageIterator[bytes]:
-        """``async for`` over binary frames until the client disconnects."""
+        """``async for`` over binary frames until the client disconnects (cancelling it is safe)."""
         return _MessageIterator(self.receive_bytes)
 
     def iter_json(self) -> _MessageIterator[Any]:
