@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import tracemalloc
 from functools import partial
 from typing import Any
@@ -23,6 +24,7 @@ from trio_asgi_ws.broadcast import (
     Overflow,
     SubscriberTooSlow,
     Subscription,
+    _backend_for,
     _running,
     open_broadcast,
 )
@@ -180,9 +182,9 @@ async def test_closing_the_hub_ends_iterations_quietly_and_refuses_more_work() -
             await trio.testing.wait_all_tasks_blocked()
             hub._close()
         assert ended.is_set()
-        with pytest.raises(RuntimeError, match="hub is closed"):
+        with pytest.raises(RuntimeError, match=r"^this broadcast hub is closed$"):
             await hub.publish("t", "x")
-        with pytest.raises(RuntimeError, match="hub is closed"):
+        with pytest.raises(RuntimeError, match=r"^this broadcast hub is closed$"):
             hub.subscribe("t")
 
 
@@ -197,6 +199,26 @@ async def test_bad_subscription_options_raise_value_error(options: dict[str, Any
     async with open_broadcast() as hub:
         with pytest.raises(ValueError, match=match):
             hub.subscribe("t", **options)
+
+
+def test_redis_and_rediss_urls_make_a_redis_backend_with_its_options() -> None:
+    pytest.importorskip("coredis")
+    from trio_asgi_ws.backends.redis import RedisBackend
+
+    for url in ("redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/1"):
+        backend = _backend_for(url, {"prefix": "app:"})
+        assert isinstance(backend, RedisBackend)
+        assert (backend._url, backend._prefix, backend.status) == (url, "app:", "connecting")
+    assert isinstance(_backend_for("memory://", {}), MemoryBackend)
+
+
+async def test_subscriptions_default_to_64_messages_and_drop_oldest() -> None:
+    async with open_broadcast() as hub, trio.open_nursery() as nursery:
+        sub = hub.subscribe("t")
+        assert (sub.topic, sub.max_buffer, sub.overflow) == ("t", 64, "drop_oldest")
+        forwarded = await nursery.start(hub.forward, "t", await accepted_socket([]))
+        assert (forwarded.topic, forwarded.max_buffer, forwarded.overflow) == ("t", 64, "drop_oldest")
+        nursery.cancel_scope.cancel()
 
 
 def test_an_unknown_backend_url_raises_value_error() -> None:
@@ -788,10 +810,15 @@ async def test_a_hub_refuses_block_subscriptions_where_its_backend_does_not_perm
         permits_block = False
 
     async with _running(OneReader()) as hub:
-        with pytest.raises(
-            ValueError, match=r"^overflow='block' is refused by OneReader: one task delivers every"
-        ):
+        refusal = (
+            "overflow='block' is refused by OneReader: one task delivers every topic, so one full "
+            "'block' subscriber would stall delivery of all topics in this process; use "
+            "overflow='close' (nothing lost until SubscriberTooSlow ends it) or 'drop_oldest', or a "
+            "memory:// hub for a lossless in-process pipeline"
+        )
+        with pytest.raises(ValueError, match=f"^{re.escape(refusal)}$"):
             hub.subscribe("t", overflow="block")
+        assert hub.topics == {}
         for overflow in POLICIES[:3]:
             async with hub.subscribe("t", overflow=overflow):
                 assert hub.subscribers("t") == 1
