@@ -58,9 +58,8 @@ implements ``trio_asgi_ws.backends.base.Backend``.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from types import TracebackType
 from typing import Any, Literal
 
@@ -240,7 +239,7 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
             self._send.send_nowait(message)
         except trio.WouldBlock:
             # Closed: the hub ended it; broken: its subscriber closed it.  Either way it is gone.
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            with suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 await self._send.send(message)  # full, so peak_buffered is max_buffer already
             return
         except trio.ClosedResourceError:
@@ -337,8 +336,9 @@ class Broadcast:
 
         Start it in the socket's structured block (``nursery.start_soon(hub.forward, topic, ws)``,
         or ``await nursery.start(...)`` to get the ``Subscription`` and be subscribed before the
-        next line runs), so the client leaving cancels it and unsubscribes at once.  It returns
-        when the socket is gone, and when the hub closes.  A client that stops reading costs one
+        next line runs), so the client leaving cancels it and unsubscribes at once (a message it
+        was sending then counts as delivered).  It returns when the socket is gone, and when the
+        hub closes.  A client that stops reading costs one
         bounded buffer; under ``overflow="close"`` a client that falls behind is closed with
         1013 Try Again Later once what was buffered has been sent.  Messages already buffered
         are sent back to back, without a scheduler pass each.
