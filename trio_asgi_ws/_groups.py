@@ -28,12 +28,13 @@ import trio
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["only_cancelled", "open_owned_nursery", "raise_unwrapped", "unwrapped"]
+__all__ = ["leaves", "only_cancelled", "open_owned_nursery", "raise_unwrapped", "unwrapped"]
 
 
-def _leaves(error: BaseException) -> list[BaseException]:
+def leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside ``error``, depth first: itself if it is not a group."""
     if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+        return [leaf for inner in error.exceptions for leaf in leaves(inner)]
     return [error]
 
 
@@ -43,11 +44,11 @@ def unwrapped(group: BaseExceptionGroup[BaseException]) -> BaseException:
     Nested groups count by their leaves.  Returns ``group`` itself when it holds two or more
     errors that are not ``Cancelled``.
     """
-    leaves = _leaves(group)
-    errors = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+    every = leaves(group)
+    errors = [leaf for leaf in every if not isinstance(leaf, trio.Cancelled)]
     if len(errors) > 1:
         return group
-    return errors[0] if errors else leaves[0]
+    return errors[0] if errors else every[0]
 
 
 def raise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
@@ -67,7 +68,7 @@ def only_cancelled(error: BaseException | None) -> bool:
     """Whether ``error`` is a cancellation: a ``Cancelled``, or a group of nothing else."""
     if error is None:
         return False
-    return all(isinstance(leaf, trio.Cancelled) for leaf in _leaves(error))
+    return all(isinstance(leaf, trio.Cancelled) for leaf in leaves(error))
 
 
 @asynccontextmanager

@@ -28,7 +28,7 @@ import coredis.exceptions
 import trio
 from coredis.retry import NoRetryPolicy
 
-from .._groups import only_cancelled, raise_unwrapped, unwrapped
+from .._groups import leaves, only_cancelled, raise_unwrapped
 from .base import BroadcastMessage, BroadcastStatus, Deliver
 
 if sys.version_info < (3, 11):
@@ -120,10 +120,10 @@ class RedisBackend:
             self._outage(error)
         except BaseExceptionGroup as group:  # coredis's anyio task groups wrap what went wrong
             group = _without_teardown_noise(group)
-            failure = unwrapped(group)
-            if not isinstance(failure, _FAILURES):
+            failures, rest = group.split(_FAILURES)
+            if failures is None or rest is not None:  # a cancellation, or not only a lost connection
                 raise_unwrapped(group)
-            self._outage(failure)
+            self._outage(leaves(failures)[0])
         return connected
 
     def _outage(self, error: BaseException) -> None:
