@@ -56,7 +56,7 @@ def test_raise_unwrapped_keeps_the_errors_own_context_and_cause() -> None:
         error = caught
     assert error.__context__ is context
     group = ExceptionGroup("g", [error])
-    with pytest.raises(ValueError, match="^x$") as raised:
+    with pytest.raises(ValueError, match=r"^x$") as raised:
         try:
             raise group
         except ExceptionGroup as inner:
@@ -94,7 +94,7 @@ async def test_an_owned_nursery_raises_a_lone_error_as_itself() -> None:
     async def background() -> None:
         await trio.sleep_forever()
 
-    with pytest.raises(ValueError, match="^body$") as raised:
+    with pytest.raises(ValueError, match=r"^body$") as raised:
         async with open_owned_nursery() as nursery:
             nursery.start_soon(background)
             raise error
