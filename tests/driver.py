@@ -115,6 +115,12 @@ class FakeServer(AppConnection):
         assert message["type"] == message_type, message
         return message
 
+    async def expect_close(self, code: int, reason: str = "") -> Message:
+        """The app's next message is a close with exactly this code and reason."""
+        message = await self.expect_sent("websocket.close")
+        assert (message.get("code"), message.get("reason")) == (code, reason), message
+        return message
+
     async def accepted(self) -> Message:
         """Connect, and return the app's accept message."""
         await self.connect()

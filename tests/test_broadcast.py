@@ -300,7 +300,7 @@ async def test_forward_returns_quietly_when_the_socket_is_gone() -> None:
     async with open_broadcast() as hub:
         async with serve_app(app) as fake, trio.open_nursery() as nursery:
             await fake.accepted()
-            await fake.expect_sent("websocket.close")
+            await fake.expect_close(1000)
             await trio.testing.wait_all_tasks_blocked()
             assert hub.subscribers("t") == 1
             nursery.start_soon(hub.publish, "t", "x")

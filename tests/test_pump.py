@@ -177,8 +177,7 @@ async def test_leaving_the_block_closes_with_1000_and_waits_for_the_clients_clos
     async with serve_app(structured_app(body, outcome)) as fake:
         await fake.accepted()
         await fake.expect_sent("websocket.send")
-        close = await fake.expect_sent("websocket.close")
-        assert close["code"] == 1000
+        await fake.expect_close(1000)
         await trio.testing.wait_all_tasks_blocked()
         assert not outcome.exited.is_set()  # still draining until the client's close arrives
         await fake.send_data("in flight")  # discarded
@@ -227,7 +226,7 @@ async def test_the_close_wait_is_bounded_by_close_timeout() -> None:
 
     async with serve_app(structured_app(body, outcome, close_timeout=0.05)) as fake:
         await fake.accepted()
-        await fake.expect_sent("websocket.close")
+        await fake.expect_close(1000)
         with trio.fail_after(5):
             await outcome.exited.wait()  # the client never answered, the block still ended
     assert fake.app_error is None
@@ -520,7 +519,7 @@ async def test_concurrent_receivers_get_busy_resource_error_in_structured_mode()
 
     async with serve_app(structured_app(body, outcome)) as fake:
         await fake.accepted()
-        await fake.expect_sent("websocket.close")
+        await fake.expect_close(1000)
         await fake.disconnect(1000)
     assert fake.app_error is None
 
@@ -609,8 +608,7 @@ async def test_websocket_exception_before_accept_rejects_the_handshake() -> None
 
     async with serve_app(structured_app(body, outcome)) as fake:
         await fake.connect()
-        close = await fake.expect_sent("websocket.close")
-        assert close["code"] == 4001
+        await fake.expect_close(4001, "who are you")
     assert fake.app_error is None
 
 

@@ -140,7 +140,7 @@ async def test_root_path_is_stripped_whether_or_not_the_server_included_it() -> 
         async with serve_app(router, scope) as fake:
             await fake.accepted()
             assert (await fake.expect_sent("websocket.send"))["text"] == '{"room":"\'x\'"}'
-            await fake.expect_sent("websocket.close")
+            await fake.expect_close(1000)
             await fake.disconnect(1000)
 
 

@@ -637,7 +637,7 @@ async def test_invalid_json_raises_one_documented_value_error(
         await server.accepted()
         await server.send_data(payload)
         await server.send_data('{"next": "one"}' if mode == "text" else b'{"next": "one"}')
-        await server.expect_sent("websocket.close")
+        await server.expect_close(1000)
 
 
 async def test_invalid_json_ends_iter_json_and_a_structured_block_closes_1007() -> None:
