@@ -203,6 +203,49 @@ async def test_wasted_looks_double_the_delay_up_to_the_limit(clock: trio.testing
         assert rig.readers[-1] == "pump"
 
 
+async def test_after_a_wasted_look_the_next_takeover_comes_twice_the_delay_after_leaving(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.handler_receive)
+            await rig.step(DELAY)  # the look at 1.0 finds the handler in receive(): wasted
+            await rig.step(DELAY * 0.5)
+            rig.to_server.send_nowait(data("a"))  # it leaves at 1.5: armed for 1.5 + 2 * DELAY
+        await rig.step(2 * DELAY * 0.999)
+        rig.to_server.send_nowait(data("b"))
+        await rig.step(0)
+        assert rig.readers == ["handler"]
+        await rig.step(2 * DELAY * 0.001)
+        assert rig.readers == ["handler", "pump"]
+
+
+async def test_a_takeover_resets_the_backoff(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        async with trio.open_nursery() as nursery:  # one wasted look: the delay doubles
+            nursery.start_soon(rig.handler_receive)
+            await rig.step(DELAY)
+            rig.to_server.send_nowait(data("a"))
+        await rig.step(2 * DELAY)  # taken over, after the doubled delay
+        rig.to_server.send_nowait(data("b"))
+        await rig.step(0)
+        assert rig.readers == ["handler", "pump"]
+        assert texts([await rig.handler_receive()]) == ["b"]  # buffered; it leaves again
+        got = await rig.handler_receive_during_hand_back("c")
+        assert texts([got]) == ["c"]
+        # Armed when it left after "b" for one delay, re-armed at that look because it read "c"
+        # meanwhile, for one more.  Had the backoff stayed at 2: two, then two more.
+        await rig.step(DELAY)  # the look: re-armed
+        await rig.step(DELAY * 0.999)
+        rig.to_server.send_nowait(data("d"))
+        await rig.step(0)
+        assert rig.readers[-1] == "handler"
+        await rig.step(DELAY * 0.001)
+        assert rig.readers[-1] == "pump"
+
+
 # -- giving the role back --------------------------------------------------------------------
 
 
@@ -335,6 +378,34 @@ async def test_the_bounds_free_up_as_the_handler_reads(clock: trio.testing.MockC
         assert texts([await rig.handler_receive(), await rig.handler_receive()]) == ["cd", "ef"]
 
 
+async def test_reading_frees_exactly_one_message_and_its_bytes(clock: trio.testing.MockClock) -> None:
+    async with pump_rig(max_messages=3, max_bytes=100) as rig:
+        await overflow_after(rig, [data("a"), data("b"), data("c")])
+        await rig.handler_receive()  # two left: one more fits, not two
+        rig.to_server.send_nowait(data("d"))
+        await rig.step(0)
+        assert rig.overflows == 0
+        rig.to_server.send_nowait(data("e"))
+        await rig.step(0)
+        assert rig.overflows == 1
+    async with pump_rig(max_messages=10, max_bytes=10) as rig:
+        await overflow_after(rig, [data("aaa"), data("bbb"), data("ccc")])
+        await rig.handler_receive()  # 6 bytes left: 4 more fit, 5 do not
+        rig.to_server.send_nowait(data("dddd"))
+        await rig.step(0)
+        assert rig.overflows == 0
+        rig.to_server.send_nowait(data("e"))
+        await rig.step(0)
+        assert rig.overflows == 1
+
+
+async def test_a_message_without_payload_counts_no_bytes(clock: trio.testing.MockClock) -> None:
+    async with pump_rig(max_messages=10, max_bytes=1) as rig:
+        bogus: Message = {"type": "websocket.connect"}
+        await overflow_after(rig, [data("a"), bogus])
+        assert rig.overflows == 0 and rig.readers == ["pump", "pump"]
+
+
 async def test_an_overflow_stops_the_pump_reading(clock: trio.testing.MockClock) -> None:
     async with pump_rig(max_messages=1) as rig:
         await overflow_after(rig, [data("a"), data("b"), data("c")])
@@ -383,18 +454,6 @@ async def test_buffered_messages_hold_the_end_back_for_a_reading_handler(
 async def test_a_handler_away_for_the_linger_is_ended_anyway(clock: trio.testing.MockClock) -> None:
     async with pump_rig() as rig:
         await overflow_after(rig, [data("a"), DISCONNECT])
-        await rig.step(LINGER * 0.999)
-        assert rig.gone == 0
-        await rig.step(LINGER * 0.001)
-        assert rig.gone == 1
-
-
-async def test_the_linger_is_not_backed_off(clock: trio.testing.MockClock) -> None:
-    async with pump_rig() as rig:
-        await overflow_after(rig, [data("a"), data("b"), DISCONNECT])
-        async with trio.open_nursery() as nursery:  # a wasted look during the linger
-            nursery.start_soon(rig.handler_receive)
-            await rig.step(LINGER)
         await rig.step(LINGER * 0.999)
         assert rig.gone == 0
         await rig.step(LINGER * 0.001)

@@ -128,14 +128,12 @@ class ReceivePump:
         ``handler_left()`` afterwards."""
         self._handler_waiting = False
         self._pump_reading = False
-        self._handback_requested = False
-        self._read_scope: trio.CancelScope | None = None
+        self._read_scope = trio.CancelScope()  # the pump's current read of the server
         # Takeover deadline.
         self._receives = 0
         self._armed = False
         self._armed_at_receives = 0
         self._backoff = 1
-        self._max_backoff = _MAX_BACKOFF
         self._deadline = math.inf
         self._sleep_scope: trio.CancelScope | None = None
 
@@ -155,9 +153,7 @@ class ReceivePump:
         """The next message while ``relaying``: buffered ones first, then take the reader back."""
         while True:
             if not self._queued and self._pump_reading:
-                self._handback_requested = True
-                if self._read_scope is not None:
-                    self._read_scope.cancel()
+                self._read_scope.cancel()  # take the role back: the pump queues _HANDOVER
             self._handler_waiting = True
             try:
                 message = await self._receive_channel.receive()
@@ -201,7 +197,9 @@ class ReceivePump:
                 break
         if final["type"] == "websocket.disconnect":
             if self._queued_messages:  # let a reading handler have what the client sent first
-                self._takeover_delay, self._backoff, self._max_backoff = self._linger, 1, 1
+                # The handler cannot be waiting in receive() while messages are buffered, so
+                # no look is wasted from here on: the delay stays the linger.
+                self._takeover_delay, self._backoff = self._linger, 1
                 self._arm()
                 await self._wait_for_idle_handler()
             self._on_gone()
@@ -213,7 +211,7 @@ class ReceivePump:
                 await trio.sleep_forever()
             self._sleep_scope = None
             if self._handler_in_receive():
-                self._backoff = min(self._backoff * 2, self._max_backoff)  # a wasted look
+                self._backoff = min(self._backoff * 2, _MAX_BACKOFF)  # a wasted look
                 self._disarm()  # it re-arms when it leaves receive()
             elif self._receives != self._armed_at_receives:
                 self._arm()  # it read meanwhile: give it a full delay from now
@@ -223,16 +221,22 @@ class ReceivePump:
                 return
 
     async def _read_while_handler_away(self) -> Message | None:
-        """Read until the handler wants the role back; return the message that ended reading."""
+        """Read for the handler; None when it gets the role back, else the message that ended it.
+
+        The handler takes the role back by cancelling the read in progress (there is no other
+        checkpoint in this loop); if it is waiting for a message, the pump queues ``_HANDOVER``
+        for it.  A message of a type the pump does not expect also gives the role back.
+        """
         self._pump_reading = self.relaying = True
         try:
-            while not self._handback_requested:
+            while True:
                 message: Message | None = None
                 with trio.CancelScope() as self._read_scope:
                     message = await self._receive()
-                self._read_scope = None
                 if message is None:  # the handler cancelled our read to take the role back
-                    break
+                    if self._handler_waiting:
+                        self._enqueue(_HANDOVER)
+                    return None
                 kind = message["type"]
                 if kind == "websocket.disconnect":
                     self._on_disconnect(message)
@@ -243,15 +247,10 @@ class ReceivePump:
                     return message
                 self._enqueue(message)
                 if kind != "websocket.receive":  # not ours to judge: the handler's receive() raises
-                    break
+                    return None
         finally:
             self._pump_reading = False
-            self._read_scope = None
             self._update_relaying()
-        self._handback_requested = False
-        if self._handler_waiting:
-            self._enqueue(_HANDOVER)
-        return None
 
     def _fits(self, message: Message) -> bool:
         """Whether one more message from the client fits the buffer's bounds."""
