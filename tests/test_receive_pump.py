@@ -155,8 +155,10 @@ async def test_the_pump_takes_over_exactly_takeover_delay_after_start(clock: tri
 async def test_nothing_happens_before_start(clock: trio.testing.MockClock) -> None:
     async with pump_rig() as rig:
         rig.to_server.send_nowait(data("a"))
+        assert texts([await rig.handler_receive()]) == ["a"]  # a read before accept arms nothing
+        rig.to_server.send_nowait(data("b"))
         await rig.step(DELAY * 100)
-        assert not rig.pump.relaying and rig.readers == []
+        assert not rig.pump.relaying and rig.readers == ["handler"]
 
 
 async def test_a_handler_that_keeps_reading_keeps_the_fast_path(clock: trio.testing.MockClock) -> None:

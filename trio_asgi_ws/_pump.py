@@ -131,7 +131,7 @@ class ReceivePump:
         self._read_scope = trio.CancelScope()  # the pump's current read of the server
         # Takeover deadline.
         self._receives = 0
-        self._armed = False
+        self._armed = True  # with no deadline: until start(), leaving receive() arms nothing
         self._armed_at_receives = 0
         self._backoff = 1
         self._deadline = math.inf
