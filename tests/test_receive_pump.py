@@ -76,6 +76,15 @@ class Rig:
             self.to_server.send_nowait(data(text))
         return got[0]
 
+    async def wait_through_a_look(self, look_in: float, leave_after: float = 0.0) -> None:
+        """Wait in receive() while the pump looks ``look_in`` from now (a wasted look), then
+        get a message ``leave_after`` later and leave."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.handler_receive)
+            await self.step(look_in)
+            await self.step(leave_after)
+            self.to_server.send_nowait(data("x"))
+
     async def server_receive_as(self, who: str) -> Message:
         try:
             message = await self._from_server.receive()
@@ -191,10 +200,7 @@ async def test_wasted_looks_double_the_delay_up_to_the_limit(clock: trio.testing
         rig.pump.start()
         backoff = 1
         for _ in range(_MAX_BACKOFF + 1):
-            async with trio.open_nursery() as nursery:  # the handler waits in receive()...
-                nursery.start_soon(rig.handler_receive)
-                await rig.step(DELAY * backoff)  # ...through the pump's look: a wasted one
-                rig.to_server.send_nowait(data("x"))  # it leaves receive(): re-armed
+            await rig.wait_through_a_look(DELAY * backoff)  # re-armed when it leaves
             backoff = min(backoff * 2, _MAX_BACKOFF)
             await rig.step(DELAY * backoff * 0.999)
             assert rig.readers.count("pump") == 0
@@ -210,11 +216,7 @@ async def test_after_a_wasted_look_the_next_takeover_comes_twice_the_delay_after
 ) -> None:
     async with pump_rig() as rig:
         rig.pump.start()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(rig.handler_receive)
-            await rig.step(DELAY)  # the look at 1.0 finds the handler in receive(): wasted
-            await rig.step(DELAY * 0.5)
-            rig.to_server.send_nowait(data("a"))  # it leaves at 1.5: armed for 1.5 + 2 * DELAY
+        await rig.wait_through_a_look(DELAY, DELAY * 0.5)  # leaves at 1.5: armed for 1.5 + 2 * DELAY
         await rig.step(2 * DELAY * 0.999)
         rig.to_server.send_nowait(data("b"))
         await rig.step(0)
@@ -226,10 +228,7 @@ async def test_after_a_wasted_look_the_next_takeover_comes_twice_the_delay_after
 async def test_a_takeover_resets_the_backoff(clock: trio.testing.MockClock) -> None:
     async with pump_rig() as rig:
         rig.pump.start()
-        async with trio.open_nursery() as nursery:  # one wasted look: the delay doubles
-            nursery.start_soon(rig.handler_receive)
-            await rig.step(DELAY)
-            rig.to_server.send_nowait(data("a"))
+        await rig.wait_through_a_look(DELAY)  # one wasted look: the delay doubles
         await rig.step(2 * DELAY)  # taken over, after the doubled delay
         rig.to_server.send_nowait(data("b"))
         await rig.step(0)
