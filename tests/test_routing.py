@@ -464,14 +464,7 @@ async def _raise(error: Exception) -> None:
     raise error
 
 
-LOST_TRACEBACK = pytest.mark.xfail(
-    strict=True,
-    reason="structured mode loses the traceback: Lifecycle.exit passes tb=None to the owned "
-    "nursery's __aexit__, and contextlib then sets the error's __traceback__ to None",
-)
-
-
-@pytest.mark.parametrize("structured", [pytest.param(True, marks=LOST_TRACEBACK), False])
+@pytest.mark.parametrize("structured", [True, False])
 async def test_an_endpoint_crash_before_accept_is_an_http_500_logged_with_its_traceback(
     structured: bool, caplog: pytest.LogCaptureFixture
 ) -> None:

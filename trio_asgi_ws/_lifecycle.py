@@ -144,7 +144,8 @@ class Lifecycle:
         self._block_scope.cancel()  # the body has finished: stop the pump
         failure: BaseException | None = None
         try:
-            suppressed = bool(await owned.__aexit__(type(exc) if exc else None, exc, None))
+            tb = exc.__traceback__ if exc is not None else None  # contextlib sets it on the error
+            suppressed = bool(await owned.__aexit__(type(exc) if exc is not None else None, exc, tb))
             if not suppressed:
                 failure = exc
         except BaseException as raised:
