@@ -22,7 +22,9 @@ from trio_asgi_ws import (
     WebSocketDisconnected,
     WebSocketState,
 )
+from trio_asgi_ws._lifecycle import Settings
 from trio_asgi_ws._types import Message, Receive, Scope, Send
+from trio_asgi_ws.websockets import lifecycle
 
 Handler = Callable[[WebSocket], Awaitable[None]]
 
@@ -88,17 +90,35 @@ def test_state_writes_through_to_the_scope_state() -> None:
     assert scope["state"] == {"user": "ann"}
 
 
-def test_non_websocket_scope_is_rejected() -> None:
-    with pytest.raises(ValueError, match='"websocket" scope'):
-        WebSocket({"type": "http"})
+@pytest.mark.parametrize(
+    ("scope", "got"), [({"type": "http"}, "'http'"), ({"type": "lifespan"}, "'lifespan'"), ({}, "None")]
+)
+def test_non_websocket_scope_is_rejected(scope: Scope, got: str) -> None:
+    words = f'WebSocket needs a "websocket" scope, got type {got}'
+    with pytest.raises(ValueError, match=f"^{re.escape(words)}$"):
+        WebSocket(scope)
 
 
 async def test_missing_receive_and_send_callables_raise_runtime_error() -> None:
     ws = WebSocket(websocket_scope())
-    with pytest.raises(RuntimeError, match="Receive channel has not been made available"):
+    with pytest.raises(RuntimeError) as info:
         await ws.receive()
-    with pytest.raises(RuntimeError, match="Send channel has not been made available"):
+    assert str(info.value) == "Receive channel has not been made available"
+    with pytest.raises(RuntimeError) as info:
         await ws.close()
+    assert str(info.value) == "Send channel has not been made available"
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    """docs/websocket.md: max_buffered_messages=64, max_buffered_bytes=1 MiB, takeover_delay=0.05,
+    close_timeout=5.0, drain_timeout=5.0."""
+    assert lifecycle(WebSocket(websocket_scope())).settings == Settings(
+        max_buffered_messages=64,
+        max_buffered_bytes=1024 * 1024,
+        takeover_delay=0.05,
+        close_timeout=5.0,
+        drain_timeout=5.0,
+    )
 
 
 # -- accept, state transitions -----------------------------------------------------------------
@@ -158,9 +178,15 @@ async def test_bad_accept_arguments_raise_before_anything_is_sent(
     assert [m["type"] for m in fake.sent] == ["websocket.close"]
 
 
-async def test_close_before_accept_and_websocket_close_app() -> None:
-    async with serve_app(WebSocketClose(4401, "nope")) as fake:
-        assert await fake.next_sent() == {"type": "websocket.close", "code": 4401, "reason": "nope"}
+@pytest.mark.parametrize(
+    ("arguments", "code", "reason"),
+    [((4401, "nope"), 4401, "nope"), ((), 1000, ""), ((4000,), 4000, ""), ((4000, None), 4000, "")],
+)
+async def test_close_before_accept_and_websocket_close_app(
+    arguments: tuple[Any, ...], code: int, reason: str
+) -> None:
+    async with serve_app(WebSocketClose(*arguments)) as fake:
+        assert await fake.next_sent() == {"type": "websocket.close", "code": code, "reason": reason}
 
 
 async def test_accept_twice_names_the_asgi_messages() -> None:
@@ -340,18 +366,28 @@ async def test_iter_bytes_and_json(method: str) -> None:
     assert got == ([b"1"] if method == "iter_bytes" else [1])
 
 
-async def test_a_second_concurrent_receiver_gets_busy_resource_error() -> None:
+@pytest.mark.parametrize("first_waits_for", ["the connect", "data"])
+async def test_a_second_concurrent_receiver_gets_busy_resource_error(first_waits_for: str) -> None:
+    errors: list[BaseException] = []
+
     async def handler(ws: WebSocket) -> None:
-        await ws.accept()
+        if first_waits_for == "data":
+            await ws.accept()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(ws.receive_text)
+            nursery.start_soon(ws.receive)
             await trio.testing.wait_all_tasks_blocked()
-            with pytest.raises(trio.BusyResourceError, match="already waiting in receive"):
-                await ws.receive_text()
+            try:
+                await ws.receive()
+            except trio.BusyResourceError as error:
+                errors.append(error)
             nursery.cancel_scope.cancel()
 
-    fake = await run_plain(handler)
-    assert fake.app_error is None
+    async with serve_app(app_for(handler)) as fake:
+        if first_waits_for == "data":
+            await fake.connect()  # and then nothing: the first receiver waits until it is cancelled
+    assert [str(error) for error in errors] == [
+        "another task is already waiting in receive() on this WebSocket"
+    ]
 
 
 # -- sending ------------------------------------------------------------------------------------
@@ -368,15 +404,25 @@ async def test_send_json_is_compact_and_not_ascii_escaped() -> None:
     assert fake.sent[2] == {"type": "websocket.send", "bytes": '{"k":"ü"}'.encode()}
 
 
-@pytest.mark.parametrize(("method", "data"), [("send_text", b"bytes"), ("send_bytes", "text")])
-async def test_send_with_the_wrong_type_raises_type_error(method: str, data: Any) -> None:
+@pytest.mark.parametrize(
+    ("method", "data", "words"),
+    [
+        ("send_text", b"bytes", "send_text() takes a str, got bytes"),
+        ("send_text", None, "send_text() takes a str, got NoneType"),
+        ("send_bytes", "text", "send_bytes() takes bytes, got str"),
+        ("send_bytes", 1, "send_bytes() takes bytes, got int"),
+    ],
+)
+async def test_send_with_the_wrong_type_raises_type_error(method: str, data: Any, words: str) -> None:
     async def handler(ws: WebSocket) -> None:
         await ws.accept()
-        with pytest.raises(TypeError, match=f"{method}\\(\\) takes"):
+        with pytest.raises(TypeError) as info:
             await getattr(ws, method)(data)
+        assert str(info.value) == words
 
     fake = await run_plain(handler)
     assert fake.app_error is None
+    assert [m["type"] for m in fake.sent] == ["websocket.accept"]
 
 
 async def test_send_after_close_raises_websocket_disconnected() -> None:
@@ -451,6 +497,43 @@ async def test_sends_are_serialised_in_fifo_order() -> None:
             await trio.testing.wait_all_tasks_blocked()
     assert overlap == 1
     assert order == ["websocket.accept", "0", "1", "2", "3", "4"]
+    assert ws.application_state is WebSocketState.CONNECTED
+
+
+async def test_a_send_queued_behind_a_close_is_refused_when_its_turn_comes() -> None:
+    """A queued message is checked again at its turn: what went first may have closed the socket."""
+    gate = trio.Event()
+    sent: list[Message] = []
+    refused: list[BaseException] = []
+
+    async def gated_send(message: Message) -> None:
+        if message.get("text") == "first":
+            await gate.wait()
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def late_send() -> None:
+        try:
+            await ws.send_text("after the close")
+        except WebSocketDisconnected as error:
+            refused.append(error)
+
+    ws = WebSocket(websocket_scope(), receive, gated_send)
+    await ws.accept()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.send_text, "first")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(ws.close, 4000, "done")
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(late_send)  # allowed now (the socket is open), so it waits its turn
+        await trio.testing.wait_all_tasks_blocked()
+        while_queued = ws.application_state  # nothing queued has changed the state yet
+        gate.set()
+    assert [str(error) for error in refused] == ['Cannot call "send" once a close message has been sent.']
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert (while_queued, ws.application_state) == (WebSocketState.CONNECTED, WebSocketState.DISCONNECTED)
 
 
 async def test_a_cancelled_sender_does_not_wedge_the_others() -> None:
@@ -517,6 +600,34 @@ async def test_unexpected_messages_are_rejected_with_starlettes_errors(
         assert str(info.value) == error, cls
 
 
+async def test_receive_in_a_block_delivers_what_the_pump_read_first_then_reads_the_server_again() -> None:
+    got: list[str] = []
+    pump_has_read = trio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send, takeover_delay=0)
+        async with ws:
+            await ws.accept()
+            await pump_has_read.wait()  # away from receive(): the pump reads for the handler
+            with trio.fail_after(1):
+                for _ in range(3):
+                    got.append(await ws.receive_text())
+            await ws.close()
+
+    async with serve_app(app) as fake:
+        await fake.accepted()
+        await fake.send_data("1")
+        await fake.send_data("2")
+        await trio.testing.wait_all_tasks_blocked()  # both are in the pump's buffer now
+        pump_has_read.set()
+        await trio.testing.wait_all_tasks_blocked()  # the handler waits in receive() again
+        await fake.send_data("3")
+        await fake.expect_close(1000)
+        await fake.disconnect(1000)
+    assert fake.app_error is None
+    assert got == ["1", "2", "3"]
+
+
 # -- denial responses ---------------------------------------------------------------------------
 
 
@@ -544,10 +655,40 @@ async def test_send_response_is_the_seed_name_for_send_denial_response() -> None
     assert WebSocket.send_response is WebSocket.send_denial_response
 
 
-async def test_denial_response_without_the_server_extension_raises() -> None:
-    ws = WebSocket(websocket_scope(extensions={}))
-    with pytest.raises(RuntimeError, match="doesn't support the Websocket Denial Response extension"):
+@pytest.mark.parametrize("extensions", ["none", "absent"])
+async def test_denial_response_without_the_server_extension_raises(extensions: str) -> None:
+    scope = websocket_scope(extensions={})
+    if extensions == "absent":  # the key is optional in ASGI
+        del scope["extensions"]
+    ws = WebSocket(scope)
+    with pytest.raises(RuntimeError) as info:
         await ws.send_denial_response(starlette.responses.Response(status_code=403))
+    assert str(info.value) == "The server doesn't support the Websocket Denial Response extension."
+
+
+async def test_a_denial_response_app_receives_through_the_websocket() -> None:
+    """The response app gets the socket's own ``receive``: what it reads moves the client's side."""
+    received: list[Message] = []
+
+    async def reading_http_app(scope: Scope, receive: Receive, send: Send) -> None:
+        received.append(await receive())
+        await send({"type": "http.response.start", "status": 403, "headers": []})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    async def handler(ws: WebSocket) -> None:
+        await ws.send_denial_response(reading_http_app)
+        assert (ws.client_state, ws.application_state) == (
+            WebSocketState.CONNECTED,
+            WebSocketState.DISCONNECTED,
+        )
+
+    fake = await run_plain(handler)
+    assert fake.app_error is None
+    assert received == [{"type": "websocket.connect"}]
+    assert fake.sent == [
+        {"type": "websocket.http.response.start", "status": 403, "headers": []},
+        {"type": "websocket.http.response.body", "body": b"no"},
+    ]
 
 
 # -- Starlette parity ---------------------------------------------------------------------------
@@ -609,25 +750,29 @@ def test_exceptions_match_starlettes_shapes() -> None:
 # -- invalid JSON from the client ----------------------------------------------------------------
 
 
+EXPECTING_NAME = "Expecting property name enclosed in double quotes"
+
+
 @pytest.mark.parametrize(
-    ("mode", "payload", "problem"),
+    ("mode", "payload", "problem", "position"),
     [
-        ("text", "{oops", "Expecting property name"),
-        ("text", "[" * 100_000, "Nested too deeply"),
-        ("text", "[" * 5000 + "]" * 5000, "Nested too deeply"),
-        ("binary", b"{oops", "Expecting property name"),
-        ("binary", b"[" * 100_000, "Nested too deeply"),
-        ("binary", b'{"caf\xc3(": 1}', "Invalid UTF-8"),
+        ("text", "{oops", EXPECTING_NAME, 1),
+        ("text", "[" * 100_000, "Nested too deeply", 0),
+        ("text", "[" * 5000 + "]" * 5000, "Nested too deeply", 0),
+        ("binary", b"{oops", EXPECTING_NAME, 1),
+        ("binary", b"[" * 100_000, "Nested too deeply", 0),
+        ("binary", b'{"caf\xc3(": 1}', "Invalid UTF-8 (invalid continuation byte)", 5),
     ],
 )
 async def test_invalid_json_raises_one_documented_value_error(
-    mode: str, payload: str | bytes, problem: str
+    mode: str, payload: str | bytes, problem: str, position: int
 ) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         ws = WebSocket(scope, receive, send)
         await ws.accept()
-        with pytest.raises(InvalidJSON, match=problem) as info:
+        with pytest.raises(InvalidJSON) as info:
             await ws.receive_json(mode=mode)
+        assert (info.value.msg, info.value.pos) == (problem, position)
         assert isinstance(info.value, json.JSONDecodeError)  # what Starlette code catches
         assert isinstance(info.value, ValueError)
         assert await ws.receive_json(mode=mode) == {"next": "one"}  # the bad frame was consumed
