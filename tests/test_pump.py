@@ -118,7 +118,8 @@ async def test_messages_buffered_by_the_pump_are_delivered_in_order_then_the_clo
 
     async def body(ws: WebSocket) -> None:
         await ws.accept()
-        with trio.CancelScope(shield=True):  # survive the disconnect to read what was buffered
+        # Survive the disconnect to read what was buffered; bounded, so a broken pump fails fast.
+        with trio.CancelScope(shield=True), trio.fail_after(5):
             await pump_has_everything.wait()
             for _ in range(3):
                 outcome.notes.append(await ws.receive_text())
