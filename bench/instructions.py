@@ -2,11 +2,12 @@
 
 Run ``python bench/instructions.py`` (about 3 minutes on 2 cores; needs ``valgrind`` on PATH).
 
-An in-process fake server feeds N messages (32-byte text) to each echo app of ``bench/_apps.py``
-through an ASGI ``receive`` backed by a 10-slot trio memory channel, as hypercorn's trio worker
-does, and collects the app's sends.  Each case runs under ``valgrind --tool=callgrind`` at two
-values of N; the difference in total instructions divided by the difference in N is the cost of
-one echoed message, with interpreter start-up, imports, handshake and shutdown cancelled out.
+An in-process fake server feeds N messages (32 bytes of text, or of binary with ``--payload
+binary``) to each echo app of ``bench/_apps.py`` through an ASGI ``receive`` backed by a 10-slot
+trio memory channel, as hypercorn's trio worker does, and collects the app's sends.  Each case
+runs under ``valgrind --tool=callgrind`` at two values of N; the difference in total instructions
+divided by the difference in N is the cost of one echoed message, with interpreter start-up,
+imports, handshake and shutdown cancelled out.
 
 Client patterns:
 
@@ -58,7 +59,8 @@ SPARSE_STEPS_N = 50  # the native step count of the sparse pattern sleeps 60 ms 
 QUEUE_SIZE = 10  # hypercorn's max_app_queue_size
 TEXT = "x" * 32
 CONNECT = {"type": "websocket.connect"}
-MESSAGE = {"type": "websocket.receive", "bytes": None, "text": TEXT}  # hypercorn sets both keys
+PAYLOADS: dict[str, tuple[str, str | bytes]] = {"text": ("text", TEXT), "binary": ("bytes", TEXT.encode())}
+"""``--payload``: the message field and the 32-byte value each echoed message carries."""
 DISCONNECT = {"type": "websocket.disconnect", "code": 1006}
 SCOPE: dict[str, Any] = {
     "type": "websocket",
@@ -80,32 +82,40 @@ SCOPE: dict[str, Any] = {
 # -- the in-process echo -------------------------------------------------------------------------
 
 
-def _check_echo(reply: dict[str, Any]) -> None:
-    if reply["type"] != "websocket.send" or reply.get("text") != TEXT:
-        raise RuntimeError(f"unexpected message from the app: {reply!r}")
+def received(payload: str) -> dict[str, Any]:
+    """The ``websocket.receive`` message hypercorn delivers: both keys, the other one None."""
+    field, value = PAYLOADS[payload]
+    return {"type": "websocket.receive", "text": None, "bytes": None, field: value}
 
 
-async def echo(app: App, pattern: str, n: int) -> None:
+async def echo(app: App, pattern: str, n: int, payload: str = "text") -> None:
     """Feed ``n`` messages to ``app`` like hypercorn's trio worker and check every echo."""
+    message = received(payload)
+    field, value = PAYLOADS[payload]
+
+    def _check_echo(reply: dict[str, Any]) -> None:
+        if reply["type"] != "websocket.send" or reply.get(field) != value:
+            raise RuntimeError(f"unexpected message from the app: {reply!r}")
+
     to_app, app_inbox = trio.open_memory_channel[dict[str, Any]](QUEUE_SIZE)
     app_outbox, from_app = trio.open_memory_channel[dict[str, Any]](math.inf)
 
     async def request_response() -> None:
         for _ in range(n):
-            await to_app.send(MESSAGE)
+            await to_app.send(message)
             _check_echo(await from_app.receive())
         await to_app.send(DISCONNECT)
 
     async def sparse() -> None:
         for _ in range(n):
-            await to_app.send(MESSAGE)
+            await to_app.send(message)
             _check_echo(await from_app.receive())
             await trio.sleep(SPARSE_GAP)
         await to_app.send(DISCONNECT)
 
     async def feeder() -> None:
         for _ in range(n):
-            await to_app.send(MESSAGE)
+            await to_app.send(message)
         await to_app.send(DISCONNECT)
 
     async def collector() -> None:
@@ -144,12 +154,12 @@ def _task_kind(name: str) -> str:
     return name.split()[0] if name == "handler" or name.startswith("client") else "other"
 
 
-def run_once(contender: str, pattern: str, n: int, *, frozen_clock: bool = False,
+def run_once(contender: str, pattern: str, n: int, *, payload: str = "text", frozen_clock: bool = False,
              instruments: tuple[trio.abc.Instrument, ...] = ()) -> None:
     # Trio randomises the order of each scheduling batch; seed it so counts repeat.
     trio._core._run._r.seed(0)
     clock = FrozenClock() if frozen_clock and pattern != "sparse" else None
-    trio.run(echo, APPS[contender], pattern, n, clock=clock, instruments=instruments)
+    trio.run(echo, APPS[contender], pattern, n, payload, clock=clock, instruments=instruments)
 
 
 # -- the driver ----------------------------------------------------------------------------------
@@ -160,6 +170,7 @@ _TOTALS = re.compile(rb"^(?:totals|summary):\s*(\d+)", re.MULTILINE)
 class Plan:
     def __init__(self, args: argparse.Namespace) -> None:
         self.real_clock: bool = args.real_clock
+        self.payload: str = args.payload
         self.jobs: int = args.jobs
         self.sizes = {
             pattern: (args.sparse_n1, args.sparse_n2) if pattern == "sparse" else (args.n1, args.n2)
@@ -174,7 +185,7 @@ async def count_instructions(plan: Plan, contender: str, pattern: str, n: int, o
     out = os.path.join(outdir, f"callgrind.{contender}.{pattern.replace('/', '-')}.{n}")
     command = [
         "valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={out}",
-        sys.executable, str(SCRIPT), "--run", contender, pattern, str(n),
+        sys.executable, str(SCRIPT), "--run", contender, pattern, str(n), "--payload", plan.payload,
         *(["--real-clock"] if plan.real_clock else []),
     ]
     await trio.run_process(command, env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -207,7 +218,7 @@ async def measure_all(plan: Plan) -> dict[tuple[str, str, int], int]:
 
 def print_instructions(plan: Plan, totals: dict[tuple[str, str, int], int]) -> None:
     print("Instructions per echoed message (callgrind): (I(N2) - I(N1)) / (N2 - N1); "
-          "32-byte text messages, 10-slot receive queue.")
+          f"32-byte {plan.payload} messages, 10-slot receive queue.")
     print()
     print("| pattern | N1, N2 | clock | contender | instructions/msg | Δ vs raw | ratio vs raw |")
     print("|---|---|---|---|---:|---:|---:|")
@@ -231,7 +242,7 @@ def print_steps(plan: Plan) -> None:
         n = SPARSE_STEPS_N if pattern == "sparse" else plan.sizes[pattern][1]
         for contender in CONTENDERS:
             counter = StepCounter(_task_kind)
-            run_once(contender, pattern, n, instruments=(counter,))
+            run_once(contender, pattern, n, payload=plan.payload, instruments=(counter,))
             cells = [counter.steps[kind] for kind in ("handler", "pump", "client", "other")]
             print(f"| {pattern} | {n:,} | {contender} | " + " | ".join(f"{c / n:.3f}" for c in cells)
                   + f" | {sum(cells) / n:.3f} |")
@@ -246,11 +257,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="CPU-bound valgrind runs at once (default 2)")
     parser.add_argument("--real-clock", action="store_true",
                         help="run every case on trio's real clock (see the module docstring)")
+    parser.add_argument("--payload", choices=sorted(PAYLOADS), default="text",
+                        help="what each echoed message carries: 32 bytes of text or binary (default text)")
     parser.add_argument("--run", nargs=3, metavar=("CONTENDER", "PATTERN", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         contender, pattern, n = args.run
-        run_once(contender, pattern, int(n), frozen_clock=not args.real_clock)
+        run_once(contender, pattern, int(n), payload=args.payload, frozen_clock=not args.real_clock)
         return
     if args.n2 <= args.n1 or args.sparse_n2 <= args.sparse_n1:
         parser.error("N2 must be larger than N1")
