@@ -372,9 +372,11 @@ class WebSocket(HTTPConnection):
 
     async def send_bytes(self, data: bytes) -> None:
         """Send a binary frame (see ``send`` for cancellation and a client that has gone)."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(f"send_bytes() takes bytes, got {type(data).__name__}")
-        await self.send({"type": "websocket.send", "bytes": bytes(data)})
+        if type(data) is not bytes:  # the common case skips the check and the copy
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise TypeError(f"send_bytes() takes bytes, got {type(data).__name__}")
+            data = bytes(data)
+        await self.send({"type": "websocket.send", "bytes": data})
 
     async def send_json(self, data: Any, mode: str = "text") -> None:
         """Send compact, non-ASCII-escaped JSON in a text frame (or binary with mode="binary")."""
