@@ -827,3 +827,20 @@ async def test_a_rejected_handshake_ends_the_block_without_waiting_for_a_disconn
             "websocket.close" if rejection == "close" else "websocket.http.response.start"
         )
         await server.wait_app()  # fails after the driver's deadline (5 s) if the block waits
+
+
+@pytest.mark.parametrize("data", [b"ab", bytearray(b"ab"), memoryview(b"ab")])
+async def test_send_bytes_sends_bytes_whatever_bytes_like_it_is_given(data: bytes) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send)
+        await ws.accept()
+        await ws.send_bytes(data)
+        await ws.close()
+
+    async with serve_app(app) as server:
+        await server.accepted()
+        sent = await server.expect_sent("websocket.send")
+        assert type(sent["bytes"]) is bytes and sent["bytes"] == b"ab"
+        await server.expect_close(1000)
+        await server.disconnect(1000)
+    assert server.app_error is None
