@@ -52,18 +52,19 @@ skipped too.
 
 Timeouts: a mutant that deadlocks a real-clock test waits in epoll until mutmut's wall-clock
 limit, ``(estimated time of its tests + constant) * multiplier``, mutmut's default 15 x (t + 1 s),
-kept here (``--timeout-multiplier``, ``--timeout-constant``): about 100 s for the mutants of
-``_pump.py``, so the few dozen mutants that hang cost about half an hour of the run.  A tighter
-limit is faster but not equivalent: at b14074e some ``_pump.py`` mutants were killed only after
-45-70 s (a test's own deadline fired), and 4 x (t + 5 s) turned those kills into timeouts.
+kept here (``--timeout-multiplier``, ``--timeout-constant``): about 100 s for a mutant of
+``_pump.py``, 180 s for one of ``websockets.py``; at b14074e the 41 mutants that hang cost about
+43 minutes of the run.  A tighter limit is faster but not equivalent: at b14074e some
+``_pump.py`` mutants were killed only after 45-70 s (a test's own deadline fired), and
+4 x (t + 5 s) turned those kills into timeouts.
 
 The property tests (``tests/test_properties_*.py``: hypothesis, derandomized, no example database)
 are part of the fast suite.  Measured at b14074e: under mutmut's trampolines they take 18.6 s of
 the fast suite's 22.8 s of test time.  mutmut runs each mutant's tests fastest first, so a killed
 mutant seldom reaches them, but every survivor of ``_pump.py``, ``websockets.py`` and
-``datastructures.py`` runs them in full: about 1,400 of the 4,200 CPU-seconds of the mutants that
-did not hang, a third of the run.  Kept, as they are the suite's strongest tests of the pump and
-of the WebSocket state machine; ``--no-property-tests`` leaves them out.
+``datastructures.py`` runs them in full: about 1,400 of the 4,400 CPU-seconds of the mutants that
+did not hang.  Kept, as they are the suite's strongest tests of the pump and of the WebSocket
+state machine; ``--no-property-tests`` leaves them out.
 
 ``--keep`` keeps the temporary copy (its path is printed) so that ``mutmut browse``, ``mutmut
 results`` or ``mutmut show <name>`` can be run in its ``repo/`` afterwards.  ``--workdir DIR``
@@ -76,11 +77,10 @@ was decided (an interrupted whole-suite re-run leaves the survivors not yet re-r
 replaced by the module's name).
 
 Timing, on the 2-core machine, at b14074e (2,010 mutants in the five default modules): the fast
-suite alone takes 20-40 s; the fast-suite run takes about an hour and a quarter (about 70
-CPU-minutes of mutants that were decided, plus 44 hanging mutants at about 100 s each, two at a
-time).  The whole suite takes about 50 s alone, 25 s of it the 89 integration tests, which call
-most of the library in-process, so ``--full-suite-rerun`` of the 378 survivors there would add
-about 1.5 hours.
+suite alone takes 20-40 s; the fast-suite run takes about 80 minutes (4,400 CPU-seconds of
+mutants that were decided, plus 41 hanging mutants at about 125 s each, two at a time).  The whole
+suite takes about 50 s alone, 25 s of it the 89 integration tests, which call most of the library
+in-process, so ``--full-suite-rerun`` of the 378 survivors there would add about 1.5 hours.
 """
 
 from __future__ import annotations
