@@ -827,13 +827,20 @@ async def test_a_hub_refuses_block_subscriptions_where_its_backend_does_not_perm
 # -- forward: sockets as subscribers, whatever their send does -----------------------------------
 
 
-async def accepted_socket(sent: list[Message], send_error: BaseException | None = None) -> WebSocket:
-    """A plain socket, accepted, whose ASGI ``send`` records and returns at once: never a checkpoint."""
+async def accepted_socket(
+    sent: list[Message], send_error: BaseException | None = None, gate: trio.Event | None = None
+) -> WebSocket:
+    """A plain socket, accepted, whose ASGI ``send`` records and returns at once: never a checkpoint.
+
+    With ``gate``, each data send waits until the gate is set first (a stalled client).
+    """
 
     async def receive() -> Message:
         return {"type": "websocket.connect"}
 
     async def send(message: Message) -> None:
+        if gate is not None and message["type"] == "websocket.send" and not gate.is_set():
+            await gate.wait()
         if send_error is not None and message["type"] == "websocket.send":
             raise send_error
         sent.append(message)
@@ -878,18 +885,8 @@ class TaskSteps(trio.abc.Instrument):
 
 async def test_forward_sends_a_backlog_back_to_back_without_a_scheduler_pass_each() -> None:
     sent: list[Message] = []
-    gate = trio.Event()
-
-    async def receive() -> Message:
-        return {"type": "websocket.connect"}
-
-    async def send(message: Message) -> None:
-        if message["type"] == "websocket.send" and not gate.is_set():
-            await gate.wait()  # the first message waits here while five more are buffered
-        sent.append(message)
-
-    ws = WebSocket(websocket_scope(), receive, send)
-    await ws.accept()
+    gate = trio.Event()  # the first message waits in send while five more are buffered
+    ws = await accepted_socket(sent, gate=gate)
     async with open_broadcast() as hub, trio.open_nursery() as nursery:
         nursery.start_soon(hub.forward, "t", ws, name="forwarder")
         await trio.testing.wait_all_tasks_blocked()
@@ -903,7 +900,7 @@ async def test_forward_sends_a_backlog_back_to_back_without_a_scheduler_pass_eac
             await trio.testing.wait_all_tasks_blocked()
         finally:
             trio.lowlevel.remove_instrument(steps)
-        assert [message["text"] for message in sent[1:]] == [str(i) for i in range(6)]
+        assert [message["text"] for message in sent] == [str(i) for i in range(6)]
         assert steps.steps == 1  # woken once, sent all six, then waits in receive()
         nursery.cancel_scope.cancel()
 
@@ -936,17 +933,7 @@ async def test_forward_returns_quietly_when_the_asgi_send_fails_as_the_client_le
 async def test_forward_closes_a_socket_that_falls_behind_under_close_with_1013_after_the_buffer() -> None:
     sent: list[Message] = []
     gate = trio.Event()
-
-    async def receive() -> Message:
-        return {"type": "websocket.connect"}
-
-    async def send(message: Message) -> None:
-        if message["type"] == "websocket.send" and not gate.is_set():
-            await gate.wait()
-        sent.append(message)
-
-    ws = WebSocket(websocket_scope(), receive, send)
-    await ws.accept()
+    ws = await accepted_socket(sent, gate=gate)
     async with open_broadcast() as hub, trio.open_nursery() as nursery:
         subscription = await nursery.start(partial(hub.forward, "t", ws, max_buffer=2, overflow="close"))
         await hub.publish("t", "0")  # taken by forward, stuck in send
@@ -954,7 +941,7 @@ async def test_forward_closes_a_socket_that_falls_behind_under_close_with_1013_a
             await hub.publish("t", str(i))
         assert (subscription.too_slow, subscription.dropped, hub.subscribers("t")) == (True, 1, 0)
         gate.set()
-    assert sent[1:] == [
+    assert sent == [
         {"type": "websocket.send", "text": "0"},
         {"type": "websocket.send", "text": "1"},
         {"type": "websocket.send", "text": "2"},

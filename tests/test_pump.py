@@ -279,19 +279,6 @@ async def test_structured_mode_can_start_after_accept() -> None:
     assert fake.app_error is None
 
 
-async def test_entering_the_block_twice_is_an_error() -> None:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        ws = WebSocket(scope, receive, send)
-        async with ws:
-            with pytest.raises(RuntimeError, match="already inside an `async with` block"):
-                await ws.__aenter__()
-            await ws.close()
-
-    async with serve_app(app) as fake:
-        await fake.connect()
-    assert fake.app_error is None
-
-
 async def test_a_block_entered_after_accept_watches_a_send_only_handler() -> None:
     """The pump starts at once when the socket is already accepted (not at an accept to come)."""
     outcome = Outcome()
