@@ -316,8 +316,7 @@ async def test_a_second_block_after_the_first_ended_is_refused_for_the_right_rea
 
     async with serve_app(app) as fake:
         await fake.accepted()
-        close = await fake.expect_sent("websocket.close")
-        assert (close["code"], close["reason"]) == (1000, "")
+        await fake.expect_close(1000)
         await fake.disconnect(1000)
     assert fake.app_error is None
     assert [str(error) for error in errors] == ["Cannot enter structured mode after a disconnect."]
@@ -339,8 +338,7 @@ async def test_a_block_can_be_entered_again_while_the_client_is_still_connected(
     async with serve_app(app) as fake:
         await fake.accepted()
         await fake.send_data("hello")
-        close = await fake.expect_sent("websocket.close")
-        assert (close["code"], close["reason"]) == (4000, "first")
+        await fake.expect_close(4000, "first")
         await trio.sleep(1)  # past close_timeout: the first block has ended
         await fake.disconnect(1000)
     assert fake.app_error is None
@@ -371,8 +369,7 @@ async def test_a_client_faster_than_the_buffer_is_closed_with_1008() -> None:
         await fake.accepted()
         for i in range(6):
             await fake.send_data(f"m{i}")
-        close = await fake.expect_sent("websocket.close")
-        assert (close["code"], close["reason"]) == (1008, "receive buffer full")
+        await fake.expect_close(1008, "receive buffer full")
         await fake.disconnect(1008)
     assert fake.app_error is None
     assert outcome.exited.is_set()
@@ -582,8 +579,7 @@ async def test_websocket_exception_closes_with_its_code_and_reason() -> None:
 
     async with serve_app(structured_app(body, outcome)) as fake:
         await fake.accepted()
-        close = await fake.expect_sent("websocket.close")
-        assert (close["code"], close["reason"]) == (4003, "forbidden topic")
+        await fake.expect_close(4003, "forbidden topic")
         await fake.disconnect(4003)
     assert fake.app_error is None
 

@@ -799,8 +799,7 @@ async def test_invalid_json_ends_iter_json_and_a_structured_block_closes_1007() 
         await server.send_data("[1]")
         assert (await server.expect_sent("websocket.send"))["text"] == "[1]"
         await server.send_data("[1,")
-        close = await server.expect_sent("websocket.close")
-        assert (close["code"], close["reason"]) == (1007, "invalid JSON")
+        await server.expect_close(1007, "invalid JSON")
         await server.disconnect(1007)
 
 
