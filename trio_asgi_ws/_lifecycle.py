@@ -139,9 +139,8 @@ class Lifecycle:
         (it asked for the close just sent) end the block quietly; a lone error escapes as itself,
         never wrapped in an ``ExceptionGroup``.
         """
-        assert self._owned is not None and self._block_scope is not None
-        owned, self._owned = self._owned, None
-        self._block_scope.cancel()  # the body has finished: stop the pump
+        assert self._owned is not None
+        owned, self._owned = self._owned, None  # leaving it cancels the pump, the body having ended
         failure: BaseException | None = None
         try:
             tb = exc.__traceback__ if exc is not None else None  # contextlib sets it on the error
