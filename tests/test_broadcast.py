@@ -14,6 +14,7 @@ import trio.testing
 
 from tests.driver import serve_app, websocket_scope
 from trio_asgi_ws import WebSocket
+from trio_asgi_ws._fanout import STALL_AFTER
 from trio_asgi_ws._types import Message, Receive, Scope, Send
 from trio_asgi_ws.backends.base import Deliver
 from trio_asgi_ws.backends.memory import MemoryBackend
@@ -269,7 +270,15 @@ async def test_forward_delivers_to_sockets_and_a_disconnect_unsubscribes_at_once
         assert hub.topics == {}
 
 
-async def test_a_socket_falling_behind_under_the_close_policy_is_closed_with_1013() -> None:
+async def until_a_stuck_send_is_handed_off() -> None:
+    """Long enough for the hub's inline sender to find a send stuck and carry on without it."""
+    await trio.sleep(3 * STALL_AFTER)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_socket_falling_behind_under_the_close_policy_is_closed_with_1013(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     async with open_broadcast() as hub:
         app = hub_app(hub, max_buffer=3, overflow="close")
         async with serve_app(app, websocket_scope("/rooms/1")) as fake:
@@ -279,6 +288,7 @@ async def test_a_socket_falling_behind_under_the_close_policy_is_closed_with_101
             for i in range(10):
                 await hub.publish("room:1", str(i))
                 await trio.testing.wait_all_tasks_blocked()
+            await until_a_stuck_send_is_handed_off()
             assert hub.subscribers("room:1") == 0
             fake.send_gate.set()
             texts = []
@@ -308,8 +318,11 @@ async def test_forward_returns_quietly_when_the_socket_is_gone() -> None:
         assert hub.topics == {}
 
 
-async def test_a_socket_that_never_reads_costs_one_bounded_buffer_through_10000_publishes() -> None:
-    """The client stops reading: its send blocks forever; the publisher and a reader never notice."""
+async def test_a_socket_that_never_reads_costs_one_bounded_buffer_through_10000_publishes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The client stops reading: its send blocks forever; the publisher and a reader never notice
+    (beyond the moment the hub takes to find the send stuck)."""
     async with open_broadcast() as hub:
         app = hub_app(hub, max_buffer=50)
         async with serve_app(app, websocket_scope("/rooms/1")) as fake, hub.subscribe("room:1") as reader:
@@ -323,6 +336,7 @@ async def test_a_socket_that_never_reads_costs_one_bounded_buffer_through_10000_
                 if reader.buffered:
                     got += len(await drain(reader))
             assert got == 10_000 and reader.dropped == 0
+            await until_a_stuck_send_is_handed_off()
             assert dead.buffered == dead.peak_buffered == 50  # one message is stuck in the send
             assert dead.dropped == 10_000 - 50 - 1
             fake.send_gate.set()
@@ -883,7 +897,9 @@ class TaskSteps(trio.abc.Instrument):
             self.steps += 1
 
 
-async def test_forward_sends_a_backlog_back_to_back_without_a_scheduler_pass_each() -> None:
+async def test_forward_sends_a_backlog_back_to_back_without_a_scheduler_pass_each(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     sent: list[Message] = []
     gate = trio.Event()  # the first message waits in send while five more are buffered
     ws = await accepted_socket(sent, gate=gate)
@@ -892,7 +908,7 @@ async def test_forward_sends_a_backlog_back_to_back_without_a_scheduler_pass_eac
         await trio.testing.wait_all_tasks_blocked()
         for i in range(6):
             await hub.publish("t", str(i))
-        await trio.testing.wait_all_tasks_blocked()
+        await until_a_stuck_send_is_handed_off()  # forward then waits for the stuck send's turn
         steps = TaskSteps("forwarder")
         trio.lowlevel.add_instrument(steps)
         try:
@@ -930,15 +946,18 @@ async def test_forward_returns_quietly_when_the_asgi_send_fails_as_the_client_le
         assert (hub.subscribers("t"), sent) == (0, [])
 
 
-async def test_forward_closes_a_socket_that_falls_behind_under_close_with_1013_after_the_buffer() -> None:
+async def test_forward_closes_a_socket_that_falls_behind_under_close_with_1013_after_the_buffer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     sent: list[Message] = []
     gate = trio.Event()
     ws = await accepted_socket(sent, gate=gate)
     async with open_broadcast() as hub, trio.open_nursery() as nursery:
         subscription = await nursery.start(partial(hub.forward, "t", ws, max_buffer=2, overflow="close"))
-        await hub.publish("t", "0")  # taken by forward, stuck in send
-        for i in range(1, 5):  # 1, 2 buffered; 3 overflows; 4 is no longer offered
+        await hub.publish("t", "0")  # sent inline by the hub, stuck in send
+        for i in range(1, 5):  # once it is found stuck: 1, 2 buffered; 3 overflows; 4 is not offered
             await hub.publish("t", str(i))
+        await until_a_stuck_send_is_handed_off()
         assert (subscription.too_slow, subscription.dropped, hub.subscribers("t")) == (True, 1, 0)
         gate.set()
     assert sent == [

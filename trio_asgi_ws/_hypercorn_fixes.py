@@ -62,6 +62,16 @@ it should do, and the test that attacks a real server and fails without it.
    Tests: ``test_faults.py`` (rejections and resets leave no task behind),
    ``test_sigterm_with_a_stalled_reader_exits_0_in_time``.
 
+9. **(An addition, not a fix.)  Broadcast pays hypercorn's whole send path per socket.**  Each
+   ASGI ``send()`` runs wsproto, a lock, a cancel scope and two scheduler passes; a broadcast to
+   1,000 sockets does that 1,000 times for one message.  Addition: HTTP/1.1 connections without
+   TLS offer the ``trio_asgi_ws.direct_send`` scope extension (``_direct_send.py``), through
+   which the hub writes a frame encoded once straight to each socket that can take it at once.
+   This module's part: the extension is put in the scope when hypercorn builds it, marked usable
+   at accept when no compression was agreed, and the connection keeps a partly written frame's
+   tail, which its next write (or ``DirectSend.flush``) sends first, under the send lock.
+   Tests: ``tests/integration/test_direct_send.py``.
+
 How they are applied: ``applied()`` swaps the classes hypercorn's trio worker instantiates
 (``TCPServer`` in ``hypercorn.trio.run``, ``WSStream`` in ``hypercorn.protocol.h11``/``h2``) for
 factories that build the corrected subclasses when the config is a ``GuardedConfig`` (only
@@ -88,6 +98,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import Response, StreamClosed
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.protocol.ws_stream import (
     ASGIWebsocketState,
     FrameTooLargeError,
@@ -100,6 +111,8 @@ from wsproto.events import CloseConnection, Message, Ping
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
 from wsproto.handshake import server_extensions_handshake
+
+from ._direct_send import EXTENSION, DirectSend
 
 __all__ = ["TESTED_HYPERCORN", "Compression", "ConnectionGuard", "GuardedConfig", "applied"]
 
@@ -207,6 +220,8 @@ class _GuardedTCPServer(TCPServer):
     receive_waiting_since: float | None = None
     """When the read now waiting for data started; None while not reading the socket (the app's
     queue is full, or the data is being handled)."""
+    tail: memoryview | None = None
+    """What a direct write (addition 9) left unwritten of its frame: the next write sends it first."""
 
     async def run(self) -> None:
         with self.config.guard.watching(self):
@@ -222,15 +237,24 @@ class _GuardedTCPServer(TCPServer):
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return
-        data = memoryview(event.data)
+        await self._write(memoryview(event.data))
+
+    async def send_tail(self) -> None:
+        """Send the tail of a frame that ``DirectSend.write`` left (addition 9), if any."""
+        await self._write(memoryview(b""))
+
+    async def _write(self, data: memoryview) -> None:
+        """Write ``data`` under the send lock, after a direct write's pending tail."""
         async with self.send_lock:
+            tail, self.tail = self.tail, None  # no direct write happens while the lock is held
             try:
                 # Shielded as hypercorn does (a cancelled send_all breaks the stream), but sent
                 # in pieces so that the guard sees progress, and it can always abort the socket.
                 with trio.CancelScope(shield=True):
-                    for start in range(0, len(data), _SEND_PIECE):
-                        self.send_waiting_since = trio.current_time()
-                        await self.stream.send_all(data[start : start + _SEND_PIECE])
+                    for chunk in (tail, data) if tail is not None else (data,):
+                        for start in range(0, len(chunk), _SEND_PIECE):
+                            self.send_waiting_since = trio.current_time()
+                            await self.stream.send_all(chunk[start : start + _SEND_PIECE])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
             finally:
@@ -335,8 +359,31 @@ class _GuardedWSStream(WSStream):
         self._disconnect_reported = False
         self._app_finished = False
         self._pending_put: trio.CancelScope | None = None
+        self.direct_send: DirectSend | None = None
         super().__init__(*args)
         self.buffer = _BoundedBuffer(self.config.websocket_max_message_size)
+
+    @property
+    def scope(self) -> Any:
+        return self._scope
+
+    @scope.setter
+    def scope(self, scope: Any) -> None:
+        """hypercorn builds the scope on the upgrade request: offer ``direct_send`` in it (9)."""
+        server = _plain_http11_server(self.send)
+        if server is not None:
+            self.direct_send = DirectSend(self, server)
+            scope["extensions"][EXTENSION] = self.direct_send
+        self._scope = scope
+
+    @property
+    def open_for_data(self) -> bool:
+        """Accepted, open both ways, and no close frame encoded yet (addition 9)."""
+        return (
+            self.state is ASGIWebsocketState.CONNECTED
+            and not self._closed_event.is_set()
+            and self.connection.state is ConnectionState.OPEN
+        )
 
     @property
     def closed(self) -> bool:
@@ -400,6 +447,7 @@ class _GuardedWSStream(WSStream):
         status_code, headers, connection = self.handshake.accept(
             message.get("subprotocol"), message.get("headers", [])
         )
+        agreed = None
         if self.config.compression == "deflate" and offers:
             deflate = _BoundedDeflate(self.config.websocket_max_message_size)
             agreed = server_extensions_handshake(offers, [deflate])
@@ -408,6 +456,8 @@ class _GuardedWSStream(WSStream):
                 connection = Connection(ConnectionType.SERVER, [deflate])
         self.state = ASGIWebsocketState.CONNECTED
         self.connection = connection
+        if self.direct_send is not None:
+            self.direct_send.usable = not agreed  # deflate frames differ per socket
         await self.send(Response(stream_id=self.stream_id, status_code=status_code, headers=headers))
         await self.config.log.access(
             self.scope, {"status": status_code, "headers": []}, time() - self.start_time
@@ -451,6 +501,21 @@ class _GuardedWSStream(WSStream):
             await self._send_wsproto_event(Ping())
             with trio.move_on_after(interval):
                 await self._closed_event.wait()
+
+
+def _plain_http11_server(send: Any) -> _GuardedTCPServer | None:
+    """The guarded TCP server under a WebSocket stream's ``send``, for HTTP/1.1 without TLS.
+
+    hypercorn hands a ``WSStream`` its ``H11Protocol.stream_send``, and the protocol the
+    ``TCPServer.protocol_send``, both as bound methods.
+    """
+    protocol = getattr(send, "__self__", None)
+    if not isinstance(protocol, H11Protocol):
+        return None  # HTTP/2: frames go through h2's framing
+    server = getattr(protocol.send, "__self__", None)
+    if not isinstance(server, _GuardedTCPServer) or not isinstance(server.stream, trio.SocketStream):
+        return None  # not ours, or TLS
+    return server
 
 
 def _tcp_server(app: Any, config: Any, *args: Any) -> Any:

@@ -65,6 +65,8 @@ from typing import Any, Literal
 
 import trio
 
+from ._direct_send import encode_frame
+from ._fanout import InlineSender, SocketLink
 from ._groups import open_owned_nursery
 from .backends.base import Backend, BroadcastMessage, BroadcastStatus
 from .backends.memory import MemoryBackend
@@ -115,6 +117,8 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         self._hub = hub
         self._send, self._receive = trio.open_memory_channel[BroadcastMessage](max_buffer)
         self._entered = False
+        self._ended = False
+        self._link: SocketLink | None = None  # set by forward(): the socket it sends to
         self.delivered = 0
         """Messages handed to the subscriber."""
         self.dropped = 0
@@ -211,11 +215,17 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
 
     def _end(self) -> None:
         """Unsubscribe and close the sending end: readers get what is buffered, then the end."""
+        self._ended = True
         self._hub._remove(self)
         self._send.close()
 
     def _offer(self, message: BroadcastMessage) -> None:
-        """Buffer ``message`` without waiting, applying the overflow policy when full (not block)."""
+        """Buffer ``message`` without waiting, applying the overflow policy when full (not block).
+
+        Does nothing once the subscription has ended (a delivery that began before it did).
+        """
+        if self._ended:
+            return
         try:
             self._send.send_nowait(message)
         except trio.WouldBlock:
@@ -257,6 +267,7 @@ class Broadcast:
         self._backend = backend
         self._topics: dict[str, dict[Subscription, None]] = {}  # in subscription order
         self._closed = False
+        self._inline = InlineSender()
 
     @property
     def status(self) -> BroadcastStatus:
@@ -313,13 +324,33 @@ class Broadcast:
 
     async def _deliver(self, message: BroadcastMessage) -> None:
         """Hand one message to this process's subscribers of its topic, in the order they
-        subscribed (block ones last, so that a full one holds up none of the others)."""
-        blocking = []
-        for subscription in list(self._topics.get(message.topic, ())):
+        subscribed: straight to idle forwarded sockets (``_fanout``), else into buffers (block
+        ones last, so that a full one holds up none of the others)."""
+        subscriptions = self._topics.get(message.topic)
+        if not subscriptions:
+            return
+        frame: bytes | None = None
+        inline: list[Subscription] = []
+        blocking: list[Subscription] = []
+        for subscription in list(subscriptions):
+            link = subscription._link
+            if link is not None:
+                if link.direct is not None:
+                    if link.idle:
+                        if frame is None:
+                            frame = encode_frame(message.asgi)
+                        if link.write(frame):
+                            subscription.delivered += 1
+                            continue
+                elif link.routed:
+                    inline.append(subscription)
+                    continue
             if subscription.overflow == "block":
                 blocking.append(subscription)
             else:
                 subscription._offer(message)
+        if inline:
+            await self._inline.put(message, inline)
         for subscription in blocking:
             await subscription._offer_blocking(message)
 
@@ -342,17 +373,18 @@ class Broadcast:
         bounded buffer; under ``overflow="close"`` a client that falls behind is closed with
         1013 Try Again Later once what was buffered has been sent.  Messages already buffered
         are sent back to back, without a scheduler pass each.
+
+        While the socket keeps up, this task stays asleep and the hub delivers to the socket
+        itself, without a task switch per socket: with one system call per socket when the
+        server offers the ``trio_asgi_ws.direct_send`` extension (``serve()``), else from one
+        sender task that hands a socket back to this task once its send is found to block
+        (see ``trio_asgi_ws._fanout``).
         """
         async with self.subscribe(topic, max_buffer=max_buffer, overflow=overflow) as subscription:
             task_status.started(subscription)
+            subscription._link = link = SocketLink(websocket, may_send_inline=overflow != "block")
             try:
-                message = await subscription.receive()
-                while True:
-                    await websocket.send(message.asgi)
-                    try:
-                        message = subscription.receive_nowait()
-                    except trio.WouldBlock:
-                        message = await subscription.receive()
+                await link.run(subscription)
             except SubscriberTooSlow:
                 await websocket.close(TRY_AGAIN_LATER, TOO_SLOW_REASON)
             except (trio.EndOfChannel, WebSocketDisconnect, WebSocketDisconnected):
@@ -380,8 +412,12 @@ class Broadcast:
                 del self._topics[subscription.topic]
 
     def _close(self) -> None:
-        """End every subscription (each reader gets its buffered messages, then the end)."""
+        """End every subscription (each reader gets its buffered messages, then the end).
+
+        Messages the inline sender had not sent yet are buffered first, so none is lost.
+        """
         self._closed = True
+        self._inline.drain()
         for subs in list(self._topics.values()):
             for subscription in list(subs):
                 subscription._end()
@@ -404,6 +440,7 @@ def open_broadcast(url: str = "memory://", **options: Any) -> AbstractAsyncConte
 async def _running(backend: Backend) -> AsyncIterator[Broadcast]:
     hub = Broadcast(backend)
     async with open_owned_nursery() as nursery:
+        await nursery.start(hub._inline.run)
         await nursery.start(backend.run, hub._deliver)
         try:
             yield hub

@@ -1,0 +1,216 @@
+"""How the hub gets one message to many sockets without a task switch per socket.
+
+``Broadcast.forward`` ties a subscription to its socket with a ``SocketLink``.  The link's
+forward task only sends what had to be buffered; while its buffer is empty it waits, *idle*, and
+the hub delivers to the socket itself, one of two ways:
+
+- **Direct** (the socket's scope offers ``trio_asgi_ws.direct_send``: served by this library's
+  ``serve()`` over HTTP/1.1 without TLS or compression): the hub encodes the frame once per
+  message and writes it to each idle socket with one non-blocking system call, in the
+  publishing task.  A socket that cannot take the whole frame at once keeps its tail (see
+  ``_direct_send``), and the link wakes its forward task to flush it.
+- **Inline** (any other ASGI server): the hub's ``InlineSender`` task awaits each idle socket's
+  ``send()`` in turn, as a hand-written ``for ws in sockets: await ws.send(...)`` loop would, at
+  the same cost.  A send that makes no progress for ``STALL_AFTER`` seconds is *found to block*:
+  its socket stops being idle, and a fresh sender task carries on with the other sockets and the
+  next messages, while the stuck one ends as soon as its send returns.  So a stalled client
+  delays the others once, by at most ``2 * STALL_AFTER``, and never again until its forward
+  task has caught up.
+
+Whenever the hub cannot deliver directly (the link is not idle, a direct write is refused, or a
+stuck socket was handed off), the message goes to the subscription's bounded buffer under its
+overflow policy, exactly as for any subscriber, and the forward task sends it; it makes the link
+idle again only once that buffer is empty.  That is what keeps each socket's messages in order:
+the hub delivers directly only when nothing of that socket's is waiting anywhere else.
+
+Counters keep their meaning: a direct or inline delivery counts as ``delivered``; nothing is
+buffered for it.  ``block`` subscriptions are never sent to inline (their wait would stall every
+topic's sender), only directly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ._direct_send import EXTENSION, PARTIAL, DirectSend
+from .backends.base import BroadcastMessage
+
+if TYPE_CHECKING:
+    from .broadcast import Subscription
+    from .websockets import WebSocket
+
+__all__ = ["STALL_AFTER", "InlineSender", "SocketLink"]
+
+STALL_AFTER: Final = 0.02
+"""Seconds an inline send may go without progress before its socket is handed to its own task."""
+
+_QUEUE: Final = 64
+"""Messages waiting for the inline sender before publishers wait for it."""
+
+_Batch = tuple[BroadcastMessage, list["Subscription"]]
+
+
+class SocketLink:
+    """One ``forward``'s socket, as the hub sees it on every delivery."""
+
+    __slots__ = ("_wake", "direct", "idle", "routed", "stuck", "websocket")
+
+    def __init__(self, websocket: WebSocket, *, may_send_inline: bool) -> None:
+        extension = websocket.scope.get("extensions", {}).get(EXTENSION)
+        self.websocket = websocket
+        self.direct = extension if isinstance(extension, DirectSend) and extension.usable else None
+        """The socket's direct writer, when its server offers a usable one."""
+        self.routed = self.direct is None and may_send_inline
+        """Whether the hub's ``InlineSender`` delivers to this socket."""
+        self.idle = False
+        """True while the forward task waits with an empty buffer: the hub may deliver itself."""
+        self.stuck: trio.Event | None = None
+        """Set when an inline send found to block returns; until then the forward task waits."""
+        self._wake = trio.CancelScope()
+
+    def write(self, frame: bytes) -> bool:
+        """Deliver ``frame`` directly if idle; False (and no longer idle) if it must be buffered."""
+        assert self.direct is not None
+        if self.idle:
+            written = self.direct.write(frame)
+            if written:
+                if written == PARTIAL:  # the forward task flushes the tail; the next ones wait
+                    self.idle = False
+                    self._wake.cancel()
+                return True
+        self.idle = False
+        return False
+
+    async def run(self, subscription: Subscription) -> None:
+        """Forward's loop: send what is buffered, flush tails, wait idle in between.
+
+        Ends with the exception that ends the subscription (``trio.EndOfChannel``,
+        ``SubscriberTooSlow``) or the socket's send (``WebSocketDisconnect``, ...).  Cancelled,
+        it stops being idle at once, so the hub never writes to it again.
+        """
+        direct, websocket = self.direct, self.websocket
+        while True:
+            if self.stuck is not None:  # the hub's send to this socket blocked: it goes first
+                await self.stuck.wait()
+                self.stuck = None
+            if direct is not None and direct.pending:
+                await direct.flush()
+            try:
+                message = subscription.receive_nowait()
+            except trio.WouldBlock:
+                waited = await self._wait_idle(subscription)
+                if waited is None:
+                    continue  # woken to flush a tail
+                message = waited
+            await websocket.send(message.asgi)
+
+    async def _wait_idle(self, subscription: Subscription) -> BroadcastMessage | None:
+        """Wait for a buffered message while the hub delivers; None when woken (to flush a tail,
+        or because the hub's send to the socket blocked)."""
+        with trio.CancelScope() as self._wake:
+            self.idle = True
+            try:
+                return await subscription.receive()
+            finally:
+                self.idle = False
+        return None
+
+
+class InlineSender:
+    """The hub's sender for sockets without direct writes (see the module docstring).
+
+    ``run`` is the hub's task; ``put`` queues a message with the routed subscriptions it is for,
+    waiting only while ``_QUEUE`` messages are already queued (the sender is behind on CPU,
+    not on any one client).  Cancelled (the hub closing), it stops at once; ``drain`` first
+    buffers whatever it had not sent, so nothing published before the close is lost.
+    """
+
+    def __init__(self) -> None:
+        self._queue, self._queued = trio.open_memory_channel[_Batch](_QUEUE)
+        self._nursery: trio.Nursery | None = None
+        self._generation = 0  # the live sender's; a stuck one finds it changed and ends
+        self._sends = 0  # inline sends started: the watchdog's measure of progress
+        self._sending: SocketLink | None = None  # the link whose send is in progress
+        self._resume: tuple[_Batch, int] | None = None  # where the next sender would carry on
+        self._watch = trio.Event()  # set while the watchdog has sends to watch
+
+    async def put(self, message: BroadcastMessage, subscriptions: list[Subscription]) -> None:
+        await self._queue.send((message, subscriptions))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._watchdog, name="trio_asgi_ws hub watchdog")
+            nursery.start_soon(self._send_loop, 0, None, 0, name="trio_asgi_ws hub sender")
+            task_status.started()
+
+    def drain(self) -> None:
+        """Buffer every queued message, and the rest of the one being sent, then stop sending."""
+        self._generation += 1  # the live sender ends after its current send
+        pending = []
+        if self._resume is not None:
+            (message, subscriptions), start = self._resume
+            pending.append((message, subscriptions[start:]))
+        self._sending = self._resume = None
+        while True:
+            try:
+                pending.append(self._queued.receive_nowait())
+            except trio.WouldBlock:
+                break
+        for message, subscriptions in pending:
+            for subscription in subscriptions:
+                subscription._offer(message)
+
+    async def _send_loop(self, generation: int, batch: _Batch | None, start: int) -> None:
+        """Send each batch to its idle sockets in order; ends when handed off while stuck."""
+        while True:
+            if batch is None:
+                batch, start = await self._queued.receive(), 0
+            message, subscriptions = batch
+            for index in range(start, len(subscriptions)):
+                subscription = subscriptions[index]
+                link = subscription._link
+                if link is None or not link.idle:
+                    subscription._offer(message)
+                    continue
+                self._sends += 1
+                self._sending, self._resume = link, (batch, index + 1)
+                if not self._watch.is_set():
+                    self._watch.set()
+                try:
+                    await link.websocket.send(message.asgi)
+                except Exception:  # its forward task sends it again, and meets the error itself
+                    link.idle = False
+                    subscription._offer(message)
+                else:
+                    subscription.delivered += 1
+                if generation != self._generation:  # handed off while stuck (or drained)
+                    if link.stuck is not None:
+                        link.stuck.set()  # the forward task carries on from here
+                    return
+            batch = self._sending = self._resume = None
+
+    async def _watchdog(self) -> None:
+        while True:
+            await self._watch.wait()
+            seen = self._sends
+            await trio.sleep(STALL_AFTER)
+            if self._sending is not None and self._sends == seen:
+                self._hand_off(self._sending)
+            if self._sending is None:
+                self._watch = trio.Event()
+
+    def _hand_off(self, stuck: SocketLink) -> None:
+        """The send to ``stuck`` is blocked: carry on without it in a new sender task."""
+        assert self._nursery is not None and self._resume is not None
+        stuck.idle = False  # from now on its forward task sends its messages, after this one
+        stuck.stuck = trio.Event()
+        stuck._wake.cancel()
+        batch, start = self._resume
+        self._generation += 1
+        self._sending = self._resume = None
+        self._nursery.start_soon(
+            self._send_loop, self._generation, batch, start, name="trio_asgi_ws hub sender"
+        )
