@@ -20,6 +20,7 @@ from tests.driver import serve_app, websocket_scope
 from trio_asgi_ws import InvalidJSON, WebSocket, WebSocketDisconnect, WebSocketException, WebSocketState
 from trio_asgi_ws._lifecycle import GOING_AWAY_KEY, close_for
 from trio_asgi_ws._types import Message, Receive, Scope, Send
+from trio_asgi_ws._watcher import LOOK_INTERVAL
 from trio_asgi_ws.exceptions import WebSocketDisconnected
 from trio_asgi_ws.websockets import lifecycle
 
@@ -230,21 +231,26 @@ async def test_finish_does_not_wait_for_a_client_a_failed_send_found_gone() -> N
 # -- the structured block ---------------------------------------------------------------------------------
 
 
-async def test_the_pump_task_is_named_after_the_connections_path() -> None:
-    names: list[str] = []
+async def test_the_block_runs_no_task_until_the_pump_reads_and_its_reader_is_named_after_the_path() -> None:
+    names: list[list[str]] = []
+
+    def child_names() -> list[str]:
+        return [task.name for n in trio.lowlevel.current_task().child_nurseries for task in n.child_tasks]
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        ws = WebSocket(scope, receive, send)
+        ws = WebSocket(scope, receive, send, takeover_delay=0.05)
         async with ws:
             await ws.accept()
-            for nursery in trio.lowlevel.current_task().child_nurseries:
-                names.extend(task.name for task in nursery.child_tasks)
+            names.append(child_names())
+            await trio.sleep(LOOK_INTERVAL + 0.05)  # away from receive(): the pump reads for it
+            names.append(child_names())
 
     async with serve_app(app, websocket_scope("/rooms/7")) as fake:
         await fake.accepted()
+        await trio.sleep(LOOK_INTERVAL + 0.1)
         await fake.expect_close(1000)
         await fake.disconnect(1000)
-    assert names == ["trio_asgi_ws pump /rooms/7"]
+    assert names == [[], ["trio_asgi_ws pump /rooms/7"]]
 
 
 async def test_a_nested_entry_is_refused_and_the_running_block_carries_on() -> None:

@@ -52,6 +52,7 @@ from trio_asgi_ws import (
     WebSocketState,
 )
 from trio_asgi_ws._types import Message, Receive, Scope, Send
+from trio_asgi_ws._watcher import _WATCHER
 from trio_asgi_ws.routing import WebSocketRoute
 
 if sys.version_info < (3, 11):
@@ -557,9 +558,12 @@ def connection(client: Client, handler: Handler) -> tuple[Server, WebSocket, Log
                     if handler.outer_cancel_at is not None:
                         outer.deadline = trio.current_time() + handler.outer_cancel_at
                     await run_handler(ws, handler, log)
-                log.extra_tasks_after_app = live_tasks() - baseline - server.client_running
+                watcher = _WATCHER.get(None)  # the run's watcher outlives connections, by design
+                watchers = int(watcher is not None)
+                log.extra_tasks_after_app = live_tasks() - baseline - server.client_running - watchers
+                assert watcher is None or len(watcher) == 0, "the watcher still holds the connection"
                 nursery.cancel_scope.cancel()
-        assert live_tasks() == baseline
+        assert live_tasks() == baseline + watchers
 
     try:
         run_on_mock_clock(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from trio_asgi_ws import (
     WebSocketState,
 )
 from trio_asgi_ws._types import Receive, Scope, Send
+from trio_asgi_ws._watcher import _WATCHER, LOOK_INTERVAL
 
 Body = Callable[[WebSocket], Awaitable[None]]
 
@@ -510,11 +512,12 @@ async def test_concurrent_receivers_get_busy_resource_error_in_structured_mode()
 
 
 class TaskCounter(trio.abc.Instrument):
-    """Counts tasks spawned and exited, and the steps the pump task takes."""
+    """Counts tasks spawned and exited, and the steps the pump's reader and the watcher take."""
 
     def __init__(self) -> None:
         self.live: set[trio.lowlevel.Task] = set()
         self.pump_steps = 0
+        self.watcher_steps = 0
 
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
         self.live.add(task)
@@ -525,6 +528,8 @@ class TaskCounter(trio.abc.Instrument):
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         if task.name.startswith("trio_asgi_ws pump"):
             self.pump_steps += 1
+        elif task.name == "trio_asgi_ws watcher":
+            self.watcher_steps += 1
 
 
 async def test_the_disconnect_reason_from_spec_25_servers_reaches_the_handler() -> None:
@@ -640,19 +645,20 @@ async def echo_counting_pump_steps(
     return counter, elapsed
 
 
-async def test_an_echo_on_the_fast_path_never_wakes_the_pump_and_leaves_no_task() -> None:
+async def test_an_echo_on_the_fast_path_starts_no_task_and_leaves_only_the_idle_watcher() -> None:
     counter, _ = await echo_counting_pump_steps(200, gap=0, takeover_delay=60)
-    assert counter.pump_steps <= 2  # its first step and its cancellation: none per message
-    assert not counter.live  # every task spawned during the connection has exited
+    assert counter.pump_steps == 0  # no reader was ever started
+    assert [task.name for task in counter.live] == ["trio_asgi_ws watcher"]
+    watcher = _WATCHER.get()
+    assert len(watcher) == 0  # it holds no finished connection, and sleeps without a deadline
 
 
-async def test_a_handler_idle_in_receive_costs_at_most_one_pump_look_per_message() -> None:
-    # At least 1.5 backed-off takeover delays between messages.
-    counter, _ = await echo_counting_pump_steps(10, gap=0.03, takeover_delay=0.005)
-    assert 2 <= counter.pump_steps <= 10 + 2  # it looks (and finds the handler reading), no more
-
-
-async def test_wasted_looks_back_off_for_a_busy_handler() -> None:
-    counter, elapsed = await echo_counting_pump_steps(100, gap=0.002, takeover_delay=0.005)
-    without_backoff = elapsed / 0.005
-    assert counter.pump_steps <= without_backoff / 2  # it backs off to 4 x delay: ~1/4 of them
+@pytest.mark.parametrize("gap", [0.002, 0.06])
+async def test_neither_busy_nor_sparse_traffic_wakes_a_task_per_message(gap: float) -> None:
+    # 0.06 s apart is longer than takeover_delay: the old pump looked about once per message.
+    counter, elapsed = await echo_counting_pump_steps(200, gap=gap, takeover_delay=0.05)
+    assert counter.pump_steps == 0
+    # Its first look finds the handler just accepted, away, and looks again takeover_delay later;
+    # then once per LOOK_INTERVAL, each maybe followed by one more look takeover_delay later.
+    looks = 2 + 2 * math.ceil(elapsed / LOOK_INTERVAL)
+    assert 1 <= counter.watcher_steps <= looks < 200 / 10

@@ -1,10 +1,10 @@
-"""``ReceivePump`` on its own: the reader role, the takeover clock, the bounds, the disconnect.
+"""``ReceivePump`` on its own: the reader role, the takeover, the bounds, the disconnect.
 
-Each test drives one pump with a scripted handler and a trio memory channel as the server's
-``receive()``, on a ``MockClock`` that moves only when the test jumps it: every step of the
-takeover clock is checked at its boundary (just before the deadline nothing happens, at it the
-pump takes over), and every path is asserted to have been taken (who read each message from the
-server, whether the pump's read was cancelled), never inferred from timing.
+Each test drives one pump (with the run's watcher, ``_watcher.py``) with a scripted handler and a
+trio memory channel as the server's ``receive()``, on a ``MockClock`` that moves only when the test
+jumps it: every step of the takeover is checked at its boundary (just before the look nothing
+happens, at it the pump takes over), and every path is asserted to have been taken (who read each
+message from the server, whether the reader's read was cancelled), never inferred from timing.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_asgi_ws._pump import _HANDOVER, _MAX_BACKOFF, ReceivePump
+from trio_asgi_ws._pump import _HANDOVER, ReceivePump
 from trio_asgi_ws._types import Message
+from trio_asgi_ws._watcher import _WATCHER, LOOK_INTERVAL
 
 DELAY = 1.0  # takeover_delay
 LINGER = 10.0
@@ -110,7 +111,7 @@ async def pump_rig(**options: Any) -> AsyncIterator[Rig]:
 
     async def server_receive() -> Message:
         current = trio.lowlevel.current_task()
-        return await rig.server_receive_as("pump" if current is pump_task[0] else "handler")
+        return await rig.server_receive_as("pump" if current.name == READER_NAME else "handler")
 
     settings: dict[str, Any] = {
         "max_messages": 4,
@@ -129,17 +130,27 @@ async def pump_rig(**options: Any) -> AsyncIterator[Rig]:
     )
     rig = Rig(clock, pump, to_server)
     rig._from_server = from_server
-    pump_task: list[trio.lowlevel.Task | None] = [None]
-
-    async def run_pump(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        pump_task[0] = trio.lowlevel.current_task()
-        task_status.started()
-        await pump.run()
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(run_pump)
+        pump.attach(nursery, READER_NAME)
         yield rig
+        pump.stop()
         nursery.cancel_scope.cancel()
+
+
+READER_NAME = "trio_asgi_ws pump /rig"
+
+
+def readers_running() -> int:
+    """How many reader tasks the pump has started and not yet finished."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    stack, count = [root], 0
+    while stack:
+        task = stack.pop()
+        count += task.name == READER_NAME
+        stack.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count
 
 
 @pytest.fixture
@@ -195,56 +206,155 @@ async def test_a_read_meanwhile_rearms_for_a_whole_delay_from_the_look(clock: tr
         assert rig.readers == ["handler", "pump"]
 
 
-async def test_wasted_looks_double_the_delay_up_to_the_limit(clock: trio.testing.MockClock) -> None:
-    async with pump_rig() as rig:
-        rig.pump.start()
-        backoff = 1
-        for _ in range(_MAX_BACKOFF + 1):
-            await rig.wait_through_a_look(DELAY * backoff)  # re-armed when it leaves
-            backoff = min(backoff * 2, _MAX_BACKOFF)
-            await rig.step(DELAY * backoff * 0.999)
-            assert rig.readers.count("pump") == 0
-        # Away for the whole backed-off delay: the pump takes over, and the backoff resets.
-        await rig.step(DELAY * _MAX_BACKOFF * 0.001)
-        rig.to_server.send_nowait(data("y"))
-        await rig.step(0)
-        assert rig.readers[-1] == "pump"
-
-
-async def test_after_a_wasted_look_the_next_takeover_comes_twice_the_delay_after_leaving(
+async def test_a_handler_in_receive_at_a_look_is_looked_at_again_only_a_look_interval_later(
     clock: trio.testing.MockClock,
 ) -> None:
     async with pump_rig() as rig:
         rig.pump.start()
-        await rig.wait_through_a_look(DELAY, DELAY * 0.5)  # leaves at 1.5: armed for 1.5 + 2 * DELAY
-        await rig.step(2 * DELAY * 0.999)
+        await rig.step(0)  # the first look: away since accept, looked at again at DELAY
+        # In receive at that look: the next one is LOOK_INTERVAL later, whatever it does meanwhile.
+        await rig.wait_through_a_look(DELAY, leave_after=DELAY * 0.5)
+        await rig.step(LOOK_INTERVAL - DELAY * 0.5 - DELAY * 0.001)
+        rig.to_server.send_nowait(data("b"))
+        await rig.step(0)
+        assert rig.readers == ["handler"] and readers_running() == 0
+        await rig.step(DELAY * 0.001)  # the look: away, and it left since the last look
+        await rig.step(DELAY * 0.999)
+        assert rig.readers == ["handler"]
+        await rig.step(DELAY * 0.001)  # away at two looks DELAY apart: taken over
+        assert rig.readers == ["handler", "pump"] and readers_running() == 1
+
+
+async def test_after_a_hand_back_a_handler_away_again_gets_a_reader_within_the_look_bound(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        await rig.step(DELAY)  # taken over at the second look
+        got = await rig.handler_receive_during_hand_back("a")
+        assert texts([got]) == ["a"]
+        await rig.step(0)
+        assert readers_running() == 0  # the reader task ends with the hand-back
+        await rig.step(LOOK_INTERVAL - DELAY * 0.001)  # away since: nobody looks until then
         rig.to_server.send_nowait(data("b"))
         await rig.step(0)
         assert rig.readers == ["handler"]
-        await rig.step(2 * DELAY * 0.001)
+        await rig.step(DELAY * 0.001)  # the look: away since the hand-back
+        await rig.step(DELAY)
         assert rig.readers == ["handler", "pump"]
 
 
-async def test_a_takeover_resets_the_backoff(clock: trio.testing.MockClock) -> None:
+# -- the handler's sends ---------------------------------------------------------------------
+
+
+async def in_receive_through_the_first_looks(rig: Rig) -> None:
+    """Start, and wait in receive() through the first two looks: the next is LOOK_INTERVAL on."""
+    rig.pump.start()
+    await rig.step(0)
+    await rig.wait_through_a_look(DELAY)  # leaves at DELAY with message "x"
+    assert rig.readers == ["handler"]
+
+
+async def test_a_handler_that_keeps_sending_gets_a_reader_takeover_delay_after_its_second_send(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig() as rig:
+        await in_receive_through_the_first_looks(rig)
+        rig.pump.handler_sent()  # the first send after leaving: notes the departure only
+        await rig.step(DELAY * 5)
+        rig.pump.handler_sent()  # the second: notes the time
+        await rig.step(DELAY * 0.999)
+        rig.pump.handler_sent()
+        await rig.step(0)
+        assert not rig.pump.relaying and readers_running() == 0
+        await rig.step(DELAY * 0.001)
+        rig.pump.handler_sent()  # takeover_delay after the second
+        assert rig.pump.relaying
+        rig.to_server.send_nowait(data("a"))
+        await rig.step(0)
+        assert rig.readers == ["handler", "pump"]
+        rig.pump.handler_sent()  # the pump reads already: nothing more happens
+        await rig.step(0)
+        assert readers_running() == 1
+
+
+async def test_a_handler_that_answers_each_message_once_never_gets_a_reader_by_sending(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig() as rig:
+        await in_receive_through_the_first_looks(rig)
+        for i in range(5):
+            rig.pump.handler_sent()  # the answer
+            await rig.step(DELAY * 2)  # back in receive() well before LOOK_INTERVAL is up
+            rig.to_server.send_nowait(data(str(i)))
+            await rig.handler_receive()
+        assert rig.readers == ["handler"] * 6 and readers_running() == 0
+
+
+async def test_a_receive_between_sends_starts_the_count_again(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        await in_receive_through_the_first_looks(rig)
+        rig.pump.handler_sent()
+        rig.pump.handler_sent()  # sending since now
+        await rig.step(DELAY)
+        rig.to_server.send_nowait(data("a"))
+        await rig.handler_receive()
+        rig.pump.handler_sent()  # a departure again: only noted
+        rig.pump.handler_sent()  # the time, again
+        await rig.step(DELAY * 0.999)
+        rig.pump.handler_sent()
+        assert not rig.pump.relaying
+        await rig.step(DELAY * 0.001)
+        rig.pump.handler_sent()
+        assert rig.pump.relaying
+
+
+async def test_sends_start_no_reader_before_start_or_after_stop(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        for _ in range(3):
+            rig.pump.handler_sent()
+            await rig.step(DELAY * 2)
+        assert not rig.pump.relaying
+        rig.pump.start()
+        rig.pump.stop()
+        for _ in range(3):
+            rig.pump.handler_sent()
+            await rig.step(LOOK_INTERVAL)
+        assert not rig.pump.relaying and readers_running() == 0
+
+
+# -- the watcher -----------------------------------------------------------------------------
+
+
+async def test_the_watcher_holds_a_connection_only_from_start_to_stop(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        assert _WATCHER.get(None) is None  # no watcher before the first connection needs one
+        rig.pump.start()
+        watcher = _WATCHER.get()
+        assert len(watcher) == 1
+        rig.pump.start()  # twice is once
+        assert len(watcher) == 1
+        rig.pump.stop()
+        assert len(watcher) == 0
+        rig.pump.stop()  # twice is once
+        await rig.step(DELAY * 2)
+        assert readers_running() == 0 and not rig.pump.relaying
+        # Parked without a deadline: an idle run is not woken by it.
+        assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
+
+
+async def test_a_stopped_pump_with_a_reader_running_is_not_looked_at_again(
+    clock: trio.testing.MockClock,
+) -> None:
     async with pump_rig() as rig:
         rig.pump.start()
-        await rig.wait_through_a_look(DELAY)  # one wasted look: the delay doubles
-        await rig.step(2 * DELAY)  # taken over, after the doubled delay
-        rig.to_server.send_nowait(data("b"))
+        await rig.step(DELAY)
+        assert readers_running() == 1
+        rig.pump.stop()
+        assert len(_WATCHER.get()) == 0
+        rig.to_server.send_nowait(data("a"))
         await rig.step(0)
-        assert rig.readers == ["handler", "pump"]
-        assert texts([await rig.handler_receive()]) == ["b"]  # buffered; it leaves again
-        got = await rig.handler_receive_during_hand_back("c")
-        assert texts([got]) == ["c"]
-        # Armed when it left after "b" for one delay, re-armed at that look because it read "c"
-        # meanwhile, for one more.  Had the backoff stayed at 2: two, then two more.
-        await rig.step(DELAY)  # the look: re-armed
-        await rig.step(DELAY * 0.999)
-        rig.to_server.send_nowait(data("d"))
-        await rig.step(0)
-        assert rig.readers[-1] == "handler"
-        await rig.step(DELAY * 0.001)
-        assert rig.readers[-1] == "pump"
+        assert rig.readers == ["pump"]  # the running reader carries on until the block ends
 
 
 # -- giving the role back --------------------------------------------------------------------
@@ -318,7 +428,8 @@ async def test_a_handler_receive_cancelled_during_the_hand_back_loses_nothing(
 async def overflow_after(rig: Rig, messages: list[Message]) -> int:
     """Let the pump take over and feed ``messages``; how many it buffered before overflowing."""
     rig.pump.start()
-    await rig.step(DELAY)
+    while not rig.pump.relaying:  # a second rig in a test may wait for the watcher's next look
+        await rig.step(DELAY)
     for message in messages:
         rig.to_server.send_nowait(message)
     await rig.step(0)

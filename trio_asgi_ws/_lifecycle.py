@@ -3,9 +3,10 @@
 ``Lifecycle`` is the internal interface between a ``WebSocket`` and the code that runs handlers
 (the ``async with websocket:`` block, the router's plain mode, ``WebSocketEndpoint``).  It owns:
 
-- **the structured block**: a nursery running the receive pump (``_pump.py``) for the body of
-  ``async with websocket:``, and its cancel scope, which the client's disconnect, a failed send
-  and a receive-buffer overflow cancel;
+- **the structured block**: a nursery for the body of ``async with websocket:`` in which the
+  receive pump (``_pump.py``) starts its reader task when the handler stays away from
+  ``receive()``, and its cancel scope, which the client's disconnect, a failed send and a
+  receive-buffer overflow cancel;
 - **the exit policy**, decided in one place (``close_for``): what code a handler ending with a
   given error closes with;
 - **the close** (``finish``): close if still open, and read until the client's disconnect while
@@ -81,6 +82,20 @@ def close_for(error: BaseException | None, *, overflowed: bool, going_away: bool
 class Lifecycle:
     """The ending of one connection's handler; see the module docstring."""
 
+    __slots__ = (
+        "_block_scope",
+        "_close",
+        "_deny",
+        "_in_receive",
+        "_owned",
+        "_receive",
+        "_scope",
+        "_states",
+        "overflowed",
+        "pump",
+        "settings",
+    )
+
     def __init__(
         self,
         scope: Scope,
@@ -108,7 +123,11 @@ class Lifecycle:
     # -- the structured block -----------------------------------------------------------------
 
     async def enter(self) -> None:
-        """Start the pump in a nursery of the block's own; the limits are checked here."""
+        """Open the block's own nursery and give it to a new pump; the limits are checked here.
+
+        The pump registers with the run's watcher once the connection is accepted (now, or at
+        ``accept()``); no task is started until the handler stays away from ``receive()``.
+        """
         if self._owned is not None:
             raise RuntimeError("this WebSocket is already inside an `async with` block")
         if self._states.client is DISCONNECTED:
@@ -128,7 +147,7 @@ class Lifecycle:
         owned = open_owned_nursery()
         nursery = await owned.__aenter__()
         self._owned, self._block_scope, self.pump = owned, nursery.cancel_scope, pump
-        nursery.start_soon(pump.run, name=f"trio_asgi_ws pump {self._scope.get('path')}")
+        pump.attach(nursery, f"trio_asgi_ws pump {self._scope.get('path')}")
         if self._states.application is CONNECTED:
             pump.start()
 
@@ -140,7 +159,9 @@ class Lifecycle:
         never wrapped in an ``ExceptionGroup``.
         """
         assert self._owned is not None
-        owned, self._owned = self._owned, None  # leaving it cancels the pump, the body having ended
+        assert self.pump is not None
+        self.pump.stop()  # no reader starts from here on: the watcher lets go of this connection
+        owned, self._owned = self._owned, None  # leaving it cancels the reader, the body having ended
         failure: BaseException | None = None
         try:
             tb = exc.__traceback__ if exc is not None else None  # contextlib sets it on the error
@@ -164,9 +185,14 @@ class Lifecycle:
         raise failure
 
     def cancel_block(self) -> None:
-        """End the block's body (the client left, or a send found it gone); no-op outside one."""
+        """End the block's body (the client left, or a send found it gone); no-op outside one.
+
+        The pump stops watching too: nothing is left for a reader to find.
+        """
         if self._block_scope is not None:
             self._block_scope.cancel()
+        if self.pump is not None:
+            self.pump.stop()
 
     def _overflow(self) -> None:
         self.overflowed = True
@@ -247,4 +273,3 @@ async def _internal_error_response(scope: Scope, receive: Receive, send: Send) -
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(body))]
     await send({"type": "websocket.http.response.start", "status": 500, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
-

@@ -3,27 +3,32 @@
 Theory of operation
 -------------------
 Only one task may wait in ASGI ``receive()`` at a time; it is the *reader*.  There are two
-candidates, the handler (inside ``WebSocket.receive``) and the pump task, and the reader role
-moves between them:
+candidates, the handler (inside ``WebSocket.receive``) and the pump's reader task, and the reader
+role moves between them:
 
 * **Handler reads directly (fast path).**  While the handler keeps coming back to ``receive()``,
   it calls the server's ``receive()`` itself (``WebSocket.receive`` checks ``relaying``, then
-  calls ``handler_left()`` afterwards).  No extra task switch, no channel hop: the cost per
-  message is a few attribute updates.
-* **The pump takes over.**  Each time the handler leaves ``receive()`` it *arms* a deadline
-  ``takeover_delay`` seconds ahead, unless one is already armed, so a busy handler costs a counter
-  increment per message.  When the deadline passes the pump looks: if the handler has stayed away
-  from ``receive()`` since the deadline was armed, the pump becomes the reader and moves messages
-  into a bounded trio memory channel; if it read meanwhile and left again, the pump re-arms; if it
-  is waiting in ``receive()``, the look was wasted, and the pump disarms and doubles the next
-  delay (up to ``_MAX_BACKOFF`` times), because a wake-up costs about as much as echoing a
-  message, and a busy handler would otherwise pay one every ``takeover_delay``.  So a handler that
-  only sends learns of a disconnect within about ``2 * takeover_delay``; one that used to receive
-  a lot, within ``2 * _MAX_BACKOFF * takeover_delay`` at worst.
+  calls ``handler_left()`` afterwards).  No extra task, no timer, no channel hop: leaving
+  ``receive()`` costs a counter increment, whatever the traffic, busy or sparse.
+* **The pump takes over.**  The reader task exists only while the pump is the reader.  It is
+  started in the connection's block nursery, either
+  - by the run's *watcher* (``_watcher.py``, one system task per trio run for every structured
+    connection), which looks at the connection at least every ``LOOK_INTERVAL`` (10) seconds:
+    a look that finds the handler away from ``receive()`` asks for another look
+    ``takeover_delay`` seconds later, and if the handler has not been back in between, the pump
+    becomes the reader then; or
+  - by the handler's own sends (``handler_sent``): its first send after leaving ``receive()``
+    costs a counter comparison, its second notes the time, and the first send at least
+    ``takeover_delay`` after that one makes the pump the reader.
+  The reader moves messages into a bounded trio memory channel (created at the first takeover).
+  So a handler that sends at least every ``s`` seconds without receiving gets a reader within
+  ``takeover_delay + 2 * s`` of leaving ``receive()``; any handler, one that neither sends nor
+  receives included, within ``LOOK_INTERVAL + takeover_delay`` (10.05 s by default).  From
+  then on it learns of a disconnect as soon as the server delivers it.
 * **The handler takes the role back.**  When the handler calls ``receive()`` while the pump is
-  the reader, it first drains what the pump buffered (in order), then cancels the pump's pending
-  ``receive()`` and waits for the pump's ``_HANDOVER`` marker, after which it reads directly
-  again.
+  the reader, it first drains what the pump buffered (in order), then cancels the reader's
+  pending ``receive()`` and waits for the reader's ``_HANDOVER`` marker, after which it reads
+  directly again, and the reader task ends.
 
 What this assumes of the server: **cancelling a pending ``receive()`` loses no message.**  That
 holds for a ``receive`` that waits on a trio memory channel (hypercorn's trio worker, the test
@@ -31,9 +36,8 @@ client, ``tests/driver.py``): a cancelled ``MemoryReceiveChannel.receive()`` tak
 the channel.  On a server whose ``receive()`` can take a message off its queue and then be
 cancelled before returning it (a hand-written ``receive`` that awaits something after dequeuing),
 the message being read at the moment of a hand-back would be lost, once per hand-back.  Such a
-server can still be used safely in plain mode, or with a ``takeover_delay`` longer than the
-handler's pauses (the pump then never takes the role).  The pump cancels the server's
-``receive()`` only there, when the handler asks for the reader role back.
+server can still be used safely in plain mode.  The pump cancels the server's ``receive()`` only
+there, when the handler asks for the reader role back.
 
 Bounds: the pump buffers at most ``max_messages`` messages from the client and ``max_bytes`` of
 payload (a single message larger than ``max_bytes`` is still accepted into an empty buffer).  When
@@ -46,15 +50,20 @@ A message of a type the pump does not expect (a misbehaving server's second
 handler's ``receive()`` raises ``RuntimeError`` for it, as in plain mode.  The channel holds two
 control slots beyond ``max_messages``: the disconnect and a stale hand-over marker.
 
-On disconnect the pump calls ``on_disconnect`` (which records the code, so sends fail from then
-on, and sets the ``disconnected`` event) and queues the disconnect message behind any buffered
-data.  Then it ends the handler's block through ``on_gone``: at once if nothing is buffered;
-otherwise only when the handler has either read its way to the disconnect message (the
-``WebSocket`` ends the block itself then) or stayed away from ``receive()`` for ``linger``
-seconds.  So a reading handler, even a slow one, still gets every message the client sent before
-it left, and a send-only handler still stops promptly (its next send raises, too).  ``linger`` is
-the WebSocket's ``drain_timeout``, a setting of its own (``close_timeout`` bounds the closing
+On disconnect the reader calls ``on_disconnect`` (which records the code, so sends fail from
+then on, and sets the ``disconnected`` event) and queues the disconnect message behind any
+buffered data; no reader is started again.  Then it ends the handler's block through
+``on_gone``: at once if nothing is buffered; otherwise only when the handler has either read its
+way to the disconnect message (the ``WebSocket`` ends the block itself then) or been found away
+from ``receive()``, with no read since the previous look, at a look every ``linger`` seconds.
+So a reading handler, even a slow one, still gets every message the client sent before it left,
+and a send-only handler still stops promptly (its next send raises, too).  ``linger`` is the
+WebSocket's ``drain_timeout``, a setting of its own (``close_timeout`` bounds the closing
 handshake instead).  The pump never calls ``send()``.
+
+Cancellation: the reader task lives in the block's nursery, so the block's end (or its
+cancellation) cancels it; ``stop()`` unregisters the connection from the watcher first, and no
+reader is started after it.
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ from typing import Final
 import trio
 
 from ._types import Message, Receive
+from ._watcher import Watcher, watch
 
 __all__ = ["ReceivePump"]
 
@@ -74,7 +84,6 @@ _HANDOVER: Final[Message] = {"type": "trio_asgi_ws.handover"}
 
 # Channel slots beyond ``max_messages``: one for a stale handover marker, one for the disconnect.
 _CONTROL_SLOTS: Final = 2
-_MAX_BACKOFF: Final = 4
 
 
 def _payload_size(message: Message) -> int:
@@ -85,7 +94,35 @@ def _payload_size(message: Message) -> int:
 
 
 class ReceivePump:
-    """Moves the reader role for one connection between its handler and a background task."""
+    """Moves the reader role for one connection between its handler and a reader task."""
+
+    __slots__ = (
+        "_channel",
+        "_handler_in_receive",
+        "_handler_waiting",
+        "_linger",
+        "_looked_at",
+        "_looked_at_receives",
+        "_max_bytes",
+        "_max_messages",
+        "_name",
+        "_nursery",
+        "_on_disconnect",
+        "_on_gone",
+        "_on_overflow",
+        "_pump_reading",
+        "_queued",
+        "_queued_bytes",
+        "_queued_messages",
+        "_read_scope",
+        "_receive",
+        "_receives",
+        "_sending_since",
+        "_sent_at_receives",
+        "_takeover_delay",
+        "_watcher",
+        "relaying",
+    )
 
     def __init__(
         self,
@@ -115,9 +152,8 @@ class ReceivePump:
         self._max_bytes = max_bytes
         self._takeover_delay = takeover_delay
         self._linger = linger
-        self._send_channel, self._receive_channel = trio.open_memory_channel[Message](
-            max_messages + _CONTROL_SLOTS
-        )
+        self._channel: tuple[trio.MemorySendChannel[Message], trio.MemoryReceiveChannel[Message]] | None
+        self._channel = None  # opened at the first takeover
         self._queued = 0  # items in the channel, control markers included
         self._queued_messages = 0  # messages from the client in the channel, the disconnect aside
         self._queued_bytes = 0
@@ -128,35 +164,70 @@ class ReceivePump:
         ``handler_left()`` afterwards."""
         self._handler_waiting = False
         self._pump_reading = False
-        self._read_scope = trio.CancelScope()  # the pump's current read of the server
-        # Takeover deadline.
+        self._read_scope = trio.CancelScope()  # the reader's current read of the server
+        # Takeover: the handler's departures from receive(), as the watcher and the sends saw them.
         self._receives = 0
-        self._armed = True  # with no deadline: until start(), leaving receive() arms nothing
-        self._armed_at_receives = 0
-        self._backoff = 1
-        self._deadline = math.inf
-        self._sleep_scope: trio.CancelScope | None = None
+        self._looked_at_receives = -1
+        self._looked_at = 0.0
+        self._sent_at_receives = -1
+        self._sending_since: float | None = None
+        # Watching: the block's nursery from attach(), registered with the watcher from start().
+        self._nursery: trio.Nursery | None = None
+        self._name = "trio_asgi_ws pump"
+        self._watcher: Watcher | None = None
+
+    # -- the block ----------------------------------------------------------------------------
+
+    def attach(self, nursery: trio.Nursery, name: str) -> None:
+        """The block's nursery, where reader tasks (named ``name``) will run."""
+        self._nursery = nursery
+        self._name = name
+
+    def start(self) -> None:
+        """Begin watching the handler (once the connection is accepted): register with the watcher."""
+        if self._nursery is not None and self._watcher is None:
+            self._watcher = watch(self)
+
+    def stop(self) -> None:
+        """Stop watching: unregister, and start no reader from now on (a running one carries on)."""
+        self._nursery = None
+        if self._watcher is not None:
+            self._watcher.discard(self)
+            self._watcher = None
 
     # -- handler side -----------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Begin watching the handler: called once the connection is accepted."""
-        self._arm()
-
     def handler_left(self) -> None:
-        """The handler has left ``receive()``: start the takeover clock unless it is running."""
+        """The handler has left ``receive()``."""
         self._receives += 1
-        if not self._armed:
-            self._arm()
+
+    def handler_sent(self) -> None:
+        """The handler sends while away from ``receive()``: after a while of that, take over.
+
+        The first send since the handler left ``receive()`` only notes the departure, so a
+        handler that answers each message once never reads the clock; the second notes the time;
+        the first one ``takeover_delay`` after that starts the reader.
+        """
+        if self._sent_at_receives != self._receives:
+            self._sent_at_receives = self._receives
+            self._sending_since = None
+        elif self._watcher is not None and not self.relaying:
+            now = trio.current_time()
+            if self._sending_since is None:
+                self._sending_since = now
+            elif now >= self._sending_since + self._takeover_delay:
+                self._take_over()
 
     async def receive_relayed(self) -> Message:
         """The next message while ``relaying``: buffered ones first, then take the reader back."""
+        channel = self._channel
+        assert channel is not None  # relaying: a takeover opened it
         while True:
             if not self._queued and self._pump_reading:
-                self._read_scope.cancel()  # take the role back: the pump queues _HANDOVER
+                self._read_scope.cancel()  # take the role back: the reader queues _HANDOVER
             self._handler_waiting = True
             try:
-                message = await self._receive_channel.receive()
+                message = await channel[1].receive()
             finally:
                 self._handler_waiting = False
             self._queued -= 1
@@ -172,66 +243,62 @@ class ReceivePump:
     def _update_relaying(self) -> None:
         self.relaying = bool(self._queued or self._pump_reading)
 
-    def _arm(self) -> None:
-        self._armed = True
-        self._armed_at_receives = self._receives
-        self._set_deadline(trio.current_time() + self._takeover_delay * self._backoff)
+    # -- the watcher's side -----------------------------------------------------------------
 
-    def _disarm(self) -> None:
-        self._armed = False
-        self._set_deadline(math.inf)
+    def look(self, now: float) -> float:
+        """The watcher's look: take over if the handler stayed away since the previous one.
 
-    def _set_deadline(self, deadline: float) -> None:
-        self._deadline = deadline
-        if self._sleep_scope is not None:
-            self._sleep_scope.deadline = deadline
+        Returns when the next look is wanted: ``takeover_delay`` after a look that found the
+        handler newly away, ``math.inf`` when it is in ``receive()`` or the pump reads already.
+        """
+        if self._handler_in_receive() or self.relaying:
+            return math.inf
+        if self._looked_at_receives != self._receives:
+            self._looked_at_receives = self._receives
+            self._looked_at = now
+        elif now >= self._looked_at + self._takeover_delay:
+            self._take_over()
+            return math.inf
+        return self._looked_at + self._takeover_delay
 
-    # -- pump side --------------------------------------------------------------------------
+    def _take_over(self) -> None:
+        """Become the reader: start a reader task in the block's nursery."""
+        nursery = self._nursery
+        assert nursery is not None  # only called while watched
+        if self._channel is None:
+            self._channel = trio.open_memory_channel[Message](self._max_messages + _CONTROL_SLOTS)
+        self._read_scope = trio.CancelScope()
+        self._pump_reading = self.relaying = True
+        nursery.start_soon(self._read, name=self._name)
 
-    async def run(self) -> None:
-        """The pump task: wait until the handler looks away, then read for it."""
-        while True:
-            await self._wait_for_idle_handler()
-            final = await self._read_while_handler_away()
-            if final is not None:
-                break
+    # -- the reader task --------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        """Read for the handler until it takes the role back, or the client leaves or overflows."""
+        final = await self._read_while_handler_away()
+        if final is None:
+            return
+        self.stop()  # the client has gone or was too fast: nothing more is read
         if final["type"] == "websocket.disconnect":
             if self._queued_messages:  # let a reading handler have what the client sent first
-                # The handler cannot be waiting in receive() while messages are buffered, so
-                # no look is wasted from here on: the delay stays the linger.
-                self._takeover_delay, self._backoff = self._linger, 1
-                self._arm()
-                await self._wait_for_idle_handler()
+                while True:
+                    receives = self._receives
+                    await trio.sleep(self._linger)
+                    if receives == self._receives and not self._handler_in_receive():
+                        break
             self._on_gone()
-
-    async def _wait_for_idle_handler(self) -> None:
-        """Sleep until the handler has stayed out of receive() for a whole (backed-off) delay."""
-        while True:
-            with trio.CancelScope(deadline=self._deadline) as self._sleep_scope:
-                await trio.sleep_forever()
-            self._sleep_scope = None
-            if self._handler_in_receive():
-                self._backoff = min(self._backoff * 2, _MAX_BACKOFF)  # a wasted look
-                self._disarm()  # it re-arms when it leaves receive()
-            elif self._receives != self._armed_at_receives:
-                self._arm()  # it read meanwhile: give it a full delay from now
-            else:
-                self._backoff = 1
-                self._disarm()
-                return
 
     async def _read_while_handler_away(self) -> Message | None:
         """Read for the handler; None when it gets the role back, else the message that ended it.
 
         The handler takes the role back by cancelling the read in progress (there is no other
-        checkpoint in this loop); if it is waiting for a message, the pump queues ``_HANDOVER``
+        checkpoint in this loop); if it is waiting for a message, the reader queues ``_HANDOVER``
         for it.  A message of a type the pump does not expect also gives the role back.
         """
-        self._pump_reading = self.relaying = True
         try:
             while True:
                 message: Message | None = None
-                with trio.CancelScope() as self._read_scope:
+                with self._read_scope:
                     message = await self._receive()
                 if message is None:  # the handler cancelled our read to take the role back
                     if self._handler_waiting:
@@ -248,6 +315,7 @@ class ReceivePump:
                 self._enqueue(message)
                 if kind != "websocket.receive":  # not ours to judge: the handler's receive() raises
                     return None
+                self._read_scope = trio.CancelScope()
         finally:
             self._pump_reading = False
             self._update_relaying()
@@ -260,9 +328,11 @@ class ReceivePump:
         )
 
     def _enqueue(self, message: Message) -> None:
+        channel = self._channel
+        assert channel is not None  # the reader runs: a takeover opened it
         if message is not _HANDOVER and message["type"] != "websocket.disconnect":
             self._queued_messages += 1
             self._queued_bytes += _payload_size(message)
         self._queued += 1
         self.relaying = True
-        self._send_channel.send_nowait(message)
+        channel[0].send_nowait(message)

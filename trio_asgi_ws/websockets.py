@@ -244,6 +244,9 @@ class WebSocket(HTTPConnection):
         # The state table's busiest row (data while connected) without the lookup:
         hot = message["type"] == "websocket.send" and states.application is CONNECTED
         after = CONNECTED if hot and states.disconnect is None else states.check_send(message)
+        pump = self._lifecycle.pump
+        if pump is not None and not self._receiving:  # a handler sending while away from receive()
+            pump.handler_sent()
         turns = self._send_turns
         waited = turns.busy
         if waited:
