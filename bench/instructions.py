@@ -31,21 +31,35 @@ frozen-clock counts repeat exactly.
 
 A second, native run of each case counts trio task steps per message with a
 ``trio.abc.Instrument``, to show whether a contender adds task switches per message (the pump's
-task is counted on its own).
+reader task and the per-run watcher are counted on their own).
+
+``--memory`` (about 20 seconds, no valgrind) instead counts the memory each idle connection
+holds, in-process and exactly: for each contender, in a fresh interpreter, it opens ``--conns``
+connections (1,000 by default) to the same fake server, exchanges one message on each, and waits
+until every handler is idle in ``receive``; ``tracemalloc``'s count of the bytes allocated then
+and still held, minus the count before the first connection, divided by the number of
+connections, is the cost of one idle connection: the handler's task and frames, its WebSocket
+objects, and the fake server's two channels (the same for every contender: read the difference
+to raw).  A warm-up of 20 connections runs first, so that one-off allocations (caches, interned
+names, the structured mode's per-run watcher) are not counted per connection.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import re
+import subprocess
 import sys
 import tempfile
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 SCRIPT = Path(__file__).resolve()
 if str(SCRIPT.parent) not in sys.path:
@@ -162,6 +176,68 @@ def run_once(contender: str, pattern: str, n: int, *, payload: str = "text", fro
     trio.run(echo, APPS[contender], pattern, n, payload, clock=clock, instruments=instruments)
 
 
+# -- memory per idle connection ------------------------------------------------------------------
+
+
+async def idle_connections(app: App, conns: int, payload: str, warm_up: int) -> int:
+    """Bytes held per idle connection of ``app`` (tracemalloc), after one message each."""
+    message = received(payload)
+    field, value = PAYLOADS[payload]
+    disconnects: list[trio.MemorySendChannel[dict[str, Any]]] = []
+
+    async def connect(nursery: trio.Nursery) -> None:
+        to_app, app_inbox = trio.open_memory_channel[dict[str, Any]](QUEUE_SIZE)
+        app_outbox, from_app = trio.open_memory_channel[dict[str, Any]](math.inf)
+        nursery.start_soon(app, dict(SCOPE), app_inbox.receive, app_outbox.send, name="handler")
+        to_app.send_nowait(CONNECT)
+        if (await from_app.receive())["type"] != "websocket.accept":
+            raise RuntimeError("the app did not accept")
+        to_app.send_nowait(message)
+        if (await from_app.receive()).get(field) != value:
+            raise RuntimeError("the app did not echo")
+        disconnects.append(to_app)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(warm_up):
+            await connect(nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(conns):
+            await connect(nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+        for to_app in disconnects:
+            to_app.send_nowait(DISCONNECT)
+    return held // conns
+
+
+def memory_once(contender: str, conns: int, payload: str) -> int:
+    tracemalloc.start()
+    return trio.run(idle_connections, APPS[contender], conns, payload, 20)
+
+
+def print_memory(conns: int, payload: str) -> None:
+    per_connection: dict[str, int] = {}
+    for contender in CONTENDERS:  # one fresh interpreter each
+        out = subprocess.run(
+            [sys.executable, str(SCRIPT), "--memory-run", contender, str(conns), "--payload", payload],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        per_connection[contender] = int(out.split()[-1])
+        print(f"{contender:<10} {per_connection[contender]:,} bytes", file=sys.stderr, flush=True)
+    print(f"Memory held per idle connection (tracemalloc), {conns:,} connections, one 32-byte {payload} "
+          "message exchanged on each.")
+    print()
+    print("| contender | bytes/connection | KiB/connection | Δ vs raw (bytes) |")
+    print("|---|---:|---:|---:|")
+    raw = per_connection["raw"]
+    for contender in CONTENDERS:
+        held = per_connection[contender]
+        print(f"| {contender} | {held:,} | {held / 1024:.2f} | {held - raw:+,} |")
+
+
 # -- the driver ----------------------------------------------------------------------------------
 
 _TOTALS = re.compile(rb"^(?:totals|summary):\s*(\d+)", re.MULTILINE)
@@ -259,8 +335,19 @@ def main() -> None:
                         help="run every case on trio's real clock (see the module docstring)")
     parser.add_argument("--payload", choices=sorted(PAYLOADS), default="text",
                         help="what each echoed message carries: 32 bytes of text or binary (default text)")
+    parser.add_argument("--memory", action="store_true",
+                        help="count the memory held per idle connection instead (tracemalloc; no valgrind)")
+    parser.add_argument("--conns", type=int, default=1000, help="connections for --memory (default 1000)")
     parser.add_argument("--run", nargs=3, metavar=("CONTENDER", "PATTERN", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-run", nargs=2, metavar=("CONTENDER", "CONNS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_run:
+        contender, conns = args.memory_run
+        print(memory_once(contender, int(conns), args.payload))
+        return
+    if args.memory:
+        print_memory(args.conns, args.payload)
+        return
     if args.run:
         contender, pattern, n = args.run
         run_once(contender, pattern, int(n), payload=args.payload, frozen_clock=not args.real_clock)

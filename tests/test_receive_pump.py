@@ -132,7 +132,7 @@ async def pump_rig(**options: Any) -> AsyncIterator[Rig]:
     rig._from_server = from_server
 
     async with trio.open_nursery() as nursery:
-        pump.attach(nursery, READER_NAME)
+        pump.attach(nursery, "/rig")
         yield rig
         pump.stop()
         nursery.cancel_scope.cancel()

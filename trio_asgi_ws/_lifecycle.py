@@ -47,7 +47,7 @@ POLICY_VIOLATION: Final = 1008
 INTERNAL_ERROR: Final = 1011
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Settings:
     """A WebSocket's limits and waits (see ``WebSocket`` for what each one means)."""
 
@@ -147,7 +147,7 @@ class Lifecycle:
         owned = open_owned_nursery()
         nursery = await owned.__aenter__()
         self._owned, self._block_scope, self.pump = owned, nursery.cancel_scope, pump
-        pump.attach(nursery, f"trio_asgi_ws pump {self._scope.get('path')}")
+        pump.attach(nursery, self._scope.get("path"))
         if self._states.application is CONNECTED:
             pump.start()
 

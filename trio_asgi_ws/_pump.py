@@ -105,11 +105,11 @@ class ReceivePump:
         "_looked_at_receives",
         "_max_bytes",
         "_max_messages",
-        "_name",
         "_nursery",
         "_on_disconnect",
         "_on_gone",
         "_on_overflow",
+        "_path",
         "_pump_reading",
         "_queued",
         "_queued_bytes",
@@ -164,7 +164,7 @@ class ReceivePump:
         ``handler_left()`` afterwards."""
         self._handler_waiting = False
         self._pump_reading = False
-        self._read_scope = trio.CancelScope()  # the reader's current read of the server
+        self._read_scope: trio.CancelScope | None = None  # the reader's current read of the server
         # Takeover: the handler's departures from receive(), as the watcher and the sends saw them.
         self._receives = 0
         self._looked_at_receives = -1
@@ -173,15 +173,15 @@ class ReceivePump:
         self._sending_since: float | None = None
         # Watching: the block's nursery from attach(), registered with the watcher from start().
         self._nursery: trio.Nursery | None = None
-        self._name = "trio_asgi_ws pump"
+        self._path: object = None
         self._watcher: Watcher | None = None
 
     # -- the block ----------------------------------------------------------------------------
 
-    def attach(self, nursery: trio.Nursery, name: str) -> None:
-        """The block's nursery, where reader tasks (named ``name``) will run."""
+    def attach(self, nursery: trio.Nursery, path: object) -> None:
+        """The block's nursery, where reader tasks (named after the scope's ``path``) will run."""
         self._nursery = nursery
-        self._name = name
+        self._path = path
 
     def start(self) -> None:
         """Begin watching the handler (once the connection is accepted): register with the watcher."""
@@ -224,6 +224,7 @@ class ReceivePump:
         assert channel is not None  # relaying: a takeover opened it
         while True:
             if not self._queued and self._pump_reading:
+                assert self._read_scope is not None  # the reader reads
                 self._read_scope.cancel()  # take the role back: the reader queues _HANDOVER
             self._handler_waiting = True
             try:
@@ -269,7 +270,7 @@ class ReceivePump:
             self._channel = trio.open_memory_channel[Message](self._max_messages + _CONTROL_SLOTS)
         self._read_scope = trio.CancelScope()
         self._pump_reading = self.relaying = True
-        nursery.start_soon(self._read, name=self._name)
+        nursery.start_soon(self._read, name=f"trio_asgi_ws pump {self._path}")
 
     # -- the reader task --------------------------------------------------------------------
 
@@ -298,6 +299,7 @@ class ReceivePump:
         try:
             while True:
                 message: Message | None = None
+                assert self._read_scope is not None  # set before each read
                 with self._read_scope:
                     message = await self._receive()
                 if message is None:  # the handler cancelled our read to take the role back

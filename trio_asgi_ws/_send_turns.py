@@ -17,12 +17,17 @@ __all__ = ["SendTurns"]
 
 
 class SendTurns:
-    """``busy`` while a task sends; ``wait()`` queues for the turn, ``done()`` passes it on."""
+    """``busy`` while a task sends; ``wait()`` queues for the turn, ``done()`` passes it on.
+
+    The parking lot is made by the first task that has to wait: most connections never need one.
+    """
+
+    __slots__ = ("_lot", "_waiting", "busy")
 
     def __init__(self) -> None:
         self.busy = False
         self._waiting = 0
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot: trio.lowlevel.ParkingLot | None = None
 
     async def wait(self) -> None:
         """Wait until the sending task hands its turn to this one (first come, first served).
@@ -30,6 +35,8 @@ class SendTurns:
         Cancelled while waiting, the task leaves the queue without the turn; once handed the
         turn it returns holding it, even if cancelled meanwhile.
         """
+        if self._lot is None:
+            self._lot = trio.lowlevel.ParkingLot()
         self._waiting += 1
         try:
             await self._lot.park()
@@ -38,5 +45,5 @@ class SendTurns:
 
     def done(self) -> None:
         """The turn's holder has finished: hand the turn to the first waiter, or free it."""
-        if not (self._waiting and self._lot.unpark()):
+        if not (self._waiting and self._lot is not None and self._lot.unpark()):
             self.busy = False

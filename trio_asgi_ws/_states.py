@@ -72,6 +72,8 @@ ABNORMAL_CLOSURE: Final = 1006
 class ConnectionState:
     """Both sides' states, the client's disconnect, and whether the handshake was refused."""
 
+    __slots__ = ("application", "client", "disconnect", "disconnected", "rejected")
+
     def __init__(self) -> None:
         self.client = CONNECTING
         self.application = CONNECTING
