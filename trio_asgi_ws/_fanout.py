@@ -133,8 +133,10 @@ class InlineSender:
         self._generation = 0  # the live sender's; a stuck one finds it changed and ends
         self._sends = 0  # inline sends started: the watchdog's measure of progress
         self._sending: SocketLink | None = None  # the link whose send is in progress
-        self._resume: tuple[_Batch, int] | None = None  # where the next sender would carry on
+        self._batch: _Batch | None = None  # the batch being sent, and where a sender taking
+        self._next = 0  # over would carry on in it
         self._watch = trio.Event()  # set while the watchdog has sends to watch
+        self._watching = False  # whether it is set (cheaper to test per send)
 
     async def put(self, message: BroadcastMessage, subscriptions: list[Subscription]) -> None:
         await self._queue.send((message, subscriptions))
@@ -150,10 +152,10 @@ class InlineSender:
         """Buffer every queued message, and the rest of the one being sent, then stop sending."""
         self._generation += 1  # the live sender ends after its current send
         pending = []
-        if self._resume is not None:
-            (message, subscriptions), start = self._resume
-            pending.append((message, subscriptions[start:]))
-        self._sending = self._resume = None
+        if self._batch is not None:  # being sent, or handed to a sender not yet started
+            message, subscriptions = self._batch
+            pending.append((message, subscriptions[self._next :]))
+        self._sending = self._batch = None
         while True:
             try:
                 pending.append(self._queued.receive_nowait())
@@ -168,19 +170,24 @@ class InlineSender:
         while True:
             if batch is None:
                 batch, start = await self._queued.receive(), 0
+            self._batch = batch
             message, subscriptions = batch
+            asgi = message.asgi
             for index in range(start, len(subscriptions)):
+                if generation != self._generation:
+                    return  # drained before this sender started: the rest is buffered
                 subscription = subscriptions[index]
                 link = subscription._link
                 if link is None or not link.idle:
                     subscription._offer(message)
                     continue
                 self._sends += 1
-                self._sending, self._resume = link, (batch, index + 1)
-                if not self._watch.is_set():
+                self._sending, self._next = link, index + 1
+                if not self._watching:
+                    self._watching = True
                     self._watch.set()
                 try:
-                    await link.websocket.send(message.asgi)
+                    await link.websocket.send(asgi)
                 except Exception:  # its forward task sends it again, and meets the error itself
                     link.idle = False
                     subscription._offer(message)
@@ -190,7 +197,7 @@ class InlineSender:
                     if link.stuck is not None:
                         link.stuck.set()  # the forward task carries on from here
                     return
-            batch = self._sending = self._resume = None
+            batch = self._sending = self._batch = None
 
     async def _watchdog(self) -> None:
         while True:
@@ -200,17 +207,16 @@ class InlineSender:
             if self._sending is not None and self._sends == seen:
                 self._hand_off(self._sending)
             if self._sending is None:
-                self._watch = trio.Event()
+                self._watch, self._watching = trio.Event(), False
 
     def _hand_off(self, stuck: SocketLink) -> None:
         """The send to ``stuck`` is blocked: carry on without it in a new sender task."""
-        assert self._nursery is not None and self._resume is not None
+        assert self._nursery is not None and self._batch is not None
         stuck.idle = False  # from now on its forward task sends its messages, after this one
         stuck.stuck = trio.Event()
         stuck._wake.cancel()
-        batch, start = self._resume
         self._generation += 1
-        self._sending = self._resume = None
         self._nursery.start_soon(
-            self._send_loop, self._generation, batch, start, name="trio_asgi_ws hub sender"
+            self._send_loop, self._generation, self._batch, self._next, name="trio_asgi_ws hub sender"
         )
+        self._sending = None  # _batch and _next stay: drain() buffers them if it runs first
