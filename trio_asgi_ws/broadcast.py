@@ -50,6 +50,12 @@ topic is either delivered, dropped or still buffered.  Subscribers that drop not
 topic's messages in publication order.  A message is encoded once per publish (JSON included),
 not once per subscriber, and ``forward`` sends that one prepared ASGI message to each socket.
 
+Sockets attached with ``forward`` are delivered to without a task switch each while they keep
+up: by a direct write of the frame, encoded once, where the server offers it (``serve()``), else
+from one sender task of the hub that hands a socket back to its own ``forward`` task once its
+send is found to block.  ``publish()`` then waits only if that sender has 64 messages queued
+(it is out of CPU, not held up by a client).  See ``trio_asgi_ws._fanout``.
+
 Backends: ``memory://`` (this process) and ``redis://host:port/db`` (every process sharing that
 Redis, see ``trio_asgi_ws.backends.redis``).  With Redis, local subscribers receive what this
 process publishes by way of Redis, like everyone else's, so order is Redis's order.  A backend
