@@ -225,3 +225,44 @@ async def test_a_stalled_inline_send_delays_the_others_once_then_never_again(
         await trio.testing.wait_all_tasks_blocked()
         assert [text for text, _ in arrivals["slow"]] == [str(i) for i in range(50)]
         nursery.cancel_scope.cancel()
+
+
+async def test_closing_the_hub_while_an_inline_send_is_stuck_loses_nothing_for_the_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The hub closes before the stuck send is found: what the sender had not sent yet (the rest
+    of the stuck message's sockets, the queued messages) is buffered, and each forward sends it."""
+    gate = trio.Event()
+    got: dict[int, list[str]] = {0: [], 1: [], 2: []}
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    def socket_send(index: int) -> Any:
+        async def send(message: Message) -> None:
+            if index == 1 and message["type"] == "websocket.send":
+                await gate.wait()
+            if message["type"] == "websocket.send":
+                got[index].append(message["text"])
+
+        return send
+
+    sockets = [WebSocket(websocket_scope(), receive, socket_send(i)) for i in range(3)]
+    for ws in sockets:
+        await ws.accept()
+    async with trio.open_nursery() as nursery:
+        async with open_broadcast() as hub:
+            for ws in sockets:
+                await nursery.start(hub.forward, "t", ws)
+            await hub.publish("t", "a")  # socket 1's send sticks: socket 2 waits behind it
+            await hub.publish("t", "b")  # queued for the sender
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == {0: ["a"], 1: [], 2: []}
+            subscriptions = list(hub._topics["t"])
+        # Closing cancelled socket 1's stuck send: "a" counts as delivered there, as a cancelled
+        # send() counts as sent (hypercorn's own send cannot be cancelled, and completes).
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == {0: ["a", "b"], 1: [], 2: ["a", "b"]}
+        gate.set()
+    assert got == {0: ["a", "b"], 1: ["b"], 2: ["a", "b"]}
+    assert [(s.delivered, s.dropped, s.buffered) for s in subscriptions] == [(2, 0, 0)] * 3

@@ -123,8 +123,10 @@ class InlineSender:
 
     ``run`` is the hub's task; ``put`` queues a message with the routed subscriptions it is for,
     waiting only while ``_QUEUE`` messages are already queued (the sender is behind on CPU,
-    not on any one client).  Cancelled (the hub closing), it stops at once; ``drain`` first
-    buffers whatever it had not sent, so nothing published before the close is lost.
+    not on any one client).  Cancelled (the hub closing), it stops at once, cancelling a send in
+    progress (which counts as delivered, as a cancelled ``WebSocket.send`` counts as sent;
+    hypercorn's own send cannot be cancelled and completes); ``drain`` first buffers whatever it
+    had not sent yet, so nothing else published before the close is lost.
     """
 
     def __init__(self) -> None:
@@ -191,6 +193,9 @@ class InlineSender:
                 except Exception:  # its forward task sends it again, and meets the error itself
                     link.idle = False
                     subscription._offer(message)
+                except BaseException:  # the hub closing: as for send(), handed over counts as sent
+                    subscription.delivered += 1
+                    raise
                 else:
                     subscription.delivered += 1
                 if generation != self._generation:  # handed off while stuck (or drained)
