@@ -81,6 +81,44 @@ async def test_send_only_handler_is_cancelled_on_disconnect() -> None:
     assert not any(m["type"] == "websocket.close" for m in fake.sent)  # nobody left to close
 
 
+@pytest.mark.parametrize(
+    ("sends", "bound"),
+    [
+        # Sends every millisecond: a reader from its sends, takeover_delay after the second.
+        pytest.param(True, 0.05 + 2 * 0.001, id="sending"),
+        # Neither sends nor receives: the watcher's next look, and one more takeover_delay later.
+        pytest.param(False, LOOK_INTERVAL + 0.05, id="idle"),
+    ],
+)
+async def test_a_handler_that_left_receive_learns_of_a_disconnect_within_the_documented_bound(
+    sends: bool, bound: float
+) -> None:
+    outcome = Outcome()
+
+    async def body(ws: WebSocket) -> None:
+        await ws.accept()
+        outcome.notes.append(await ws.receive_text())
+        while sends:
+            await ws.send_text("tick")
+            await trio.sleep(0.001)
+        await trio.sleep_forever()
+
+    async with serve_app(structured_app(body, outcome, takeover_delay=0.05)) as fake:
+        await fake.accepted()
+        await trio.sleep(1)  # waiting in receive() through the watcher's first looks
+        await fake.send_data("go")
+        await trio.testing.wait_all_tasks_blocked()
+        left_at = trio.current_time()  # the handler has left receive() for good
+        await fake.disconnect(1006)
+        with trio.fail_after(bound):
+            await outcome.exited.wait()
+        assert outcome.websocket is not None and outcome.websocket.disconnected.is_set()
+        assert outcome.notes == ["go"]
+        if not sends:  # the worst case: the watcher's previous look found it in receive()
+            assert trio.current_time() - left_at > LOOK_INTERVAL / 2
+    assert fake.app_error is None
+
+
 async def test_iter_text_ends_cleanly_and_the_block_exits_without_an_exception_group() -> None:
     outcome = Outcome()
 

@@ -8,7 +8,7 @@ role moves between them:
 
 * **Handler reads directly (fast path).**  While the handler keeps coming back to ``receive()``,
   it calls the server's ``receive()`` itself (``WebSocket.receive`` checks ``relaying``, then
-  calls ``handler_left()`` afterwards).  No extra task, no timer, no channel hop: leaving
+  counts ``departures`` afterwards).  No extra task, no timer, no channel hop: leaving
   ``receive()`` costs a counter increment, whatever the traffic, busy or sparse.
 * **The pump takes over.**  The reader task exists only while the pump is the reader.  It is
   started in the connection's block nursery, either
@@ -17,9 +17,10 @@ role moves between them:
     a look that finds the handler away from ``receive()`` asks for another look
     ``takeover_delay`` seconds later, and if the handler has not been back in between, the pump
     becomes the reader then; or
-  - by the handler's own sends (``handler_sent``): its first send after leaving ``receive()``
-    costs a counter comparison, its second notes the time, and the first send at least
-    ``takeover_delay`` after that one makes the pump the reader.
+  - by the handler's own sends: its first send after leaving ``receive()`` costs a counter
+    comparison (``WebSocket.send`` sets ``departure_sent`` to ``departures``); a later one calls
+    ``handler_sent``, the second notes the time, and the first send at least ``takeover_delay``
+    after that one makes the pump the reader.
   The reader moves messages into a bounded trio memory channel (created at the first takeover).
   So a handler that sends at least every ``s`` seconds without receiving gets a reader within
   ``takeover_delay + 2 * s`` of leaving ``receive()``; any handler, one that neither sends nor
@@ -36,8 +37,9 @@ client, ``tests/driver.py``): a cancelled ``MemoryReceiveChannel.receive()`` tak
 the channel.  On a server whose ``receive()`` can take a message off its queue and then be
 cancelled before returning it (a hand-written ``receive`` that awaits something after dequeuing),
 the message being read at the moment of a hand-back would be lost, once per hand-back.  Such a
-server can still be used safely in plain mode.  The pump cancels the server's ``receive()`` only
-there, when the handler asks for the reader role back.
+server can still be used safely in plain mode, or with a ``takeover_delay`` longer than the
+handler's pauses (the pump then never takes the role).  The pump cancels the server's
+``receive()`` only there, when the handler asks for the reader role back.
 
 Bounds: the pump buffers at most ``max_messages`` messages from the client and ``max_bytes`` of
 payload (a single message larger than ``max_bytes`` is still accepted into an empty buffer).  When
@@ -116,11 +118,12 @@ class ReceivePump:
         "_queued_messages",
         "_read_scope",
         "_receive",
-        "_receives",
         "_sending_since",
-        "_sent_at_receives",
         "_takeover_delay",
+        "_timed_departure",
         "_watcher",
+        "departure_sent",
+        "departures",
         "relaying",
     )
 
@@ -166,11 +169,14 @@ class ReceivePump:
         self._pump_reading = False
         self._read_scope: trio.CancelScope | None = None  # the reader's current read of the server
         # Takeover: the handler's departures from receive(), as the watcher and the sends saw them.
-        self._receives = 0
+        self.departures = 0
+        """How many times the handler has left ``receive()`` (``WebSocket.receive`` counts them)."""
+        self.departure_sent = -1
+        """``departures`` at the handler's last send (``WebSocket.send`` keeps it)."""
         self._looked_at_receives = -1
         self._looked_at = 0.0
-        self._sent_at_receives = -1
-        self._sending_since: float | None = None
+        self._timed_departure = -1  # the departure whose sends handler_sent() is timing
+        self._sending_since = 0.0
         # Watching: the block's nursery from attach(), registered with the watcher from start().
         self._nursery: trio.Nursery | None = None
         self._path: object = None
@@ -197,23 +203,18 @@ class ReceivePump:
 
     # -- handler side -----------------------------------------------------------------------
 
-    def handler_left(self) -> None:
-        """The handler has left ``receive()``."""
-        self._receives += 1
-
     def handler_sent(self) -> None:
-        """The handler sends while away from ``receive()``: after a while of that, take over.
+        """The handler sends again without having been back in ``receive()``: take over in time.
 
-        The first send since the handler left ``receive()`` only notes the departure, so a
-        handler that answers each message once never reads the clock; the second notes the time;
-        the first one ``takeover_delay`` after that starts the reader.
+        Called by ``WebSocket.send`` for every send but the first since the handler last left
+        ``receive()`` (that one it only notes in ``departure_sent``, so a handler that answers
+        each message once never gets here): the second notes the time; the first one at least
+        ``takeover_delay`` after it starts the reader.
         """
-        if self._sent_at_receives != self._receives:
-            self._sent_at_receives = self._receives
-            self._sending_since = None
-        elif self._watcher is not None and not self.relaying:
+        if self._watcher is not None and not self.relaying:
             now = trio.current_time()
-            if self._sending_since is None:
+            if self.departure_sent != self._timed_departure:
+                self._timed_departure = self.departure_sent
                 self._sending_since = now
             elif now >= self._sending_since + self._takeover_delay:
                 self._take_over()
@@ -254,8 +255,8 @@ class ReceivePump:
         """
         if self._handler_in_receive() or self.relaying:
             return math.inf
-        if self._looked_at_receives != self._receives:
-            self._looked_at_receives = self._receives
+        if self._looked_at_receives != self.departures:
+            self._looked_at_receives = self.departures
             self._looked_at = now
         elif now >= self._looked_at + self._takeover_delay:
             self._take_over()
@@ -283,9 +284,9 @@ class ReceivePump:
         if final["type"] == "websocket.disconnect":
             if self._queued_messages:  # let a reading handler have what the client sent first
                 while True:
-                    receives = self._receives
+                    receives = self.departures
                     await trio.sleep(self._linger)
-                    if receives == self._receives and not self._handler_in_receive():
+                    if receives == self.departures and not self._handler_in_receive():
                         break
             self._on_gone()
 

@@ -17,6 +17,7 @@ import trio
 
 from ._handshake import check_subprotocol, checked_accept_headers
 from ._lifecycle import Lifecycle, Settings
+from ._pump import ReceivePump
 from ._send_turns import SendTurns
 from ._states import CONNECTED, CONNECTING, DISCONNECTED, ConnectionState, WebSocketState
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -119,13 +120,16 @@ class WebSocket(HTTPConnection):
     """One WebSocket connection, usable in two modes.
 
     *Plain*: every call goes to the ASGI callables with Starlette's state machine, so Starlette
-    code runs unchanged.  *Structured*: ``async with websocket:`` runs a receive pump in a
-    nursery for the duration of the block, so that:
+    code runs unchanged.  *Structured*: ``async with websocket:`` opens a nursery for the
+    duration of the block, in which the receive pump reads for the handler while it stays away
+    from ``receive()``, so that:
 
     - a client disconnect is seen even while the handler only sends: it sets ``disconnected``,
       makes sends and later ``receive_*`` calls raise ``WebSocketDisconnect``, ends ``iter_*``
-      loops, and cancels the block's body (a send-only loop stops within about
-      ``2 * takeover_delay``; see ``_pump.py`` for the rare worse case).  Messages the client
+      loops, and cancels the block's body.  A handler that keeps sending (at least every ``s``
+      seconds) without receiving gets the pump as its reader within ``takeover_delay + 2 * s``
+      of leaving ``receive()``; any handler, within ``LOOK_INTERVAL + takeover_delay`` (10.05 s
+      by default; see ``_pump.py``); after that a disconnect is seen at once.  Messages the client
       sent before leaving are still delivered to a handler that keeps reading; the body is
       cancelled once it reaches the disconnect, or once it has stayed out of ``receive()`` for
       ``drain_timeout`` seconds;
@@ -165,6 +169,7 @@ class WebSocket(HTTPConnection):
         self.disconnected = self._states.disconnected
         """Set once the client is known to have gone (by a receive, the pump, or a failed send)."""
         self._receiving = False
+        self._pump: ReceivePump | None = None  # the block's pump, inside ``async with`` only
         self._send_turns = SendTurns()
         self._lifecycle = Lifecycle(
             scope,
@@ -213,7 +218,7 @@ class WebSocket(HTTPConnection):
                 self._receiving = False
             states.received(message)
             return message
-        pump = self._lifecycle.pump
+        pump = self._pump
         self._receiving = True
         try:
             if pump is not None and pump.relaying:
@@ -223,7 +228,7 @@ class WebSocket(HTTPConnection):
         finally:
             self._receiving = False
             if pump is not None:
-                pump.handler_left()
+                pump.departures += 1  # the handler leaves receive(): all the pump needs to know
         if message["type"] == "websocket.receive":
             return message
         states.received(message)  # a disconnect; anything else raises RuntimeError
@@ -244,9 +249,12 @@ class WebSocket(HTTPConnection):
         # The state table's busiest row (data while connected) without the lookup:
         hot = message["type"] == "websocket.send" and states.application is CONNECTED
         after = CONNECTED if hot and states.disconnect is None else states.check_send(message)
-        pump = self._lifecycle.pump
+        pump = self._pump
         if pump is not None and not self._receiving:  # a handler sending while away from receive()
-            pump.handler_sent()
+            if pump.departure_sent != pump.departures:
+                pump.departure_sent = pump.departures  # its first send since it left: noted only
+            else:
+                pump.handler_sent()
         turns = self._send_turns
         waited = turns.busy
         if waited:
@@ -395,6 +403,7 @@ class WebSocket(HTTPConnection):
     async def __aenter__(self) -> WebSocket:
         """Start the receive pump; bad buffer limits raise ``ValueError`` here."""
         await self._lifecycle.enter()
+        self._pump = self._lifecycle.pump
         return self
 
     async def __aexit__(
@@ -404,6 +413,7 @@ class WebSocket(HTTPConnection):
         tb: TracebackType | None,
     ) -> bool:
         """Stop the pump, close as the body's ending calls for, wait (bounded) for the client."""
+        self._pump = None
         return await self._lifecycle.exit(exc)
 
 
