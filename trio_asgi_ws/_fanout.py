@@ -30,6 +30,7 @@ topic's sender), only directly.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -45,6 +46,9 @@ __all__ = ["STALL_AFTER", "InlineSender", "SocketLink"]
 
 STALL_AFTER: Final = 0.02
 """Seconds an inline send may go without progress before its socket is handed to its own task."""
+
+_STILL_STUCK_PASSES: Final = 4
+"""Scheduler passes an inline send gets, after ``STALL_AFTER``, to show it is not blocked."""
 
 _QUEUE: Final = 64
 """Messages waiting for the inline sender before publishers wait for it."""
@@ -130,7 +134,11 @@ class InlineSender:
     """
 
     def __init__(self) -> None:
-        self._queue, self._queued = trio.open_memory_channel[_Batch](_QUEUE)
+        # Not a memory channel: an item handed straight to a waiting receiver is in neither the
+        # channel nor the sender's hands until it runs, and drain() must find every message.
+        self._queue: deque[_Batch] = deque()
+        self._room = trio.lowlevel.ParkingLot()  # publishers waiting for the queue to shrink
+        self._work = trio.lowlevel.ParkingLot()  # the sender waiting for the queue to fill
         self._nursery: trio.Nursery | None = None
         self._generation = 0  # the live sender's; a stuck one finds it changed and ends
         self._sends = 0  # inline sends started: the watchdog's measure of progress
@@ -141,7 +149,12 @@ class InlineSender:
         self._watching = False  # whether it is set (cheaper to test per send)
 
     async def put(self, message: BroadcastMessage, subscriptions: list[Subscription]) -> None:
-        await self._queue.send((message, subscriptions))
+        """Queue a message for the sender, waiting while ``_QUEUE`` are queued (cancellable:
+        cancelled while it waits, nothing was queued)."""
+        while len(self._queue) >= _QUEUE:
+            await self._room.park()
+        self._queue.append((message, subscriptions))
+        self._work.unpark()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -158,11 +171,9 @@ class InlineSender:
             message, subscriptions = self._batch
             pending.append((message, subscriptions[self._next :]))
         self._sending = self._batch = None
-        while True:
-            try:
-                pending.append(self._queued.receive_nowait())
-            except trio.WouldBlock:
-                break
+        pending.extend(self._queue)
+        self._queue.clear()
+        self._room.unpark_all()
         for message, subscriptions in pending:
             for subscription in subscriptions:
                 subscription._offer(message)
@@ -171,7 +182,10 @@ class InlineSender:
         """Send each batch to its idle sockets in order; ends when handed off while stuck."""
         while True:
             if batch is None:
-                batch, start = await self._queued.receive(), 0
+                while not self._queue:
+                    await self._work.park()
+                batch, start = self._queue.popleft(), 0
+                self._room.unpark()
             self._batch = batch
             message, subscriptions = batch
             asgi = message.asgi
@@ -209,10 +223,23 @@ class InlineSender:
             await self._watch.wait()
             seen = self._sends
             await trio.sleep(STALL_AFTER)
-            if self._sending is not None and self._sends == seen:
+            if self._sending is not None and self._sends == seen and await self._still_stuck(seen):
                 self._hand_off(self._sending)
             if self._sending is None:
                 self._watch, self._watching = trio.Event(), False
+
+    async def _still_stuck(self, seen: int) -> bool:
+        """Whether the send in progress stays put while the scheduler runs a few more batches.
+
+        The timer alone is not enough: when the whole process was off the CPU (a busy machine),
+        the watchdog can wake before the sender had any chance to move.  A send that is not
+        blocked completes within a couple of scheduler passes (hypercorn's takes two).
+        """
+        for _ in range(_STILL_STUCK_PASSES):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            if self._sends != seen or self._sending is None:
+                return False
+        return True
 
     def _hand_off(self, stuck: SocketLink) -> None:
         """The send to ``stuck`` is blocked: carry on without it in a new sender task."""
