@@ -20,7 +20,6 @@ from tests.driver import serve_app, websocket_scope
 from trio_asgi_ws import InvalidJSON, WebSocket, WebSocketDisconnect, WebSocketException, WebSocketState
 from trio_asgi_ws._lifecycle import GOING_AWAY_KEY, close_for
 from trio_asgi_ws._types import Message, Receive, Scope, Send
-from trio_asgi_ws._watcher import LOOK_INTERVAL
 from trio_asgi_ws.exceptions import WebSocketDisconnected
 from trio_asgi_ws.websockets import lifecycle
 
@@ -242,12 +241,11 @@ async def test_the_block_runs_no_task_until_the_pump_reads_and_its_reader_is_nam
         async with ws:
             await ws.accept()
             names.append(child_names())
-            await trio.sleep(LOOK_INTERVAL + 0.05)  # away from receive(): the pump reads for it
+            await trio.sleep(0.1)  # away from receive() since the accept: the pump reads for it
             names.append(child_names())
 
     async with serve_app(app, websocket_scope("/rooms/7")) as fake:
         await fake.accepted()
-        await trio.sleep(LOOK_INTERVAL + 0.1)
         await fake.expect_close(1000)
         await fake.disconnect(1000)
     assert names == [[], ["trio_asgi_ws pump /rooms/7"]]

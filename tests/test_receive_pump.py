@@ -21,7 +21,7 @@ import trio.testing
 
 from trio_asgi_ws._pump import _HANDOVER, ReceivePump
 from trio_asgi_ws._types import Message
-from trio_asgi_ws._watcher import _WATCHER, LOOK_INTERVAL
+from trio_asgi_ws._watcher import _WATCHER
 
 DELAY = 1.0  # takeover_delay
 LINGER = 10.0
@@ -213,49 +213,63 @@ async def test_a_read_meanwhile_rearms_for_a_whole_delay_from_the_look(clock: tr
         assert rig.readers == ["handler", "pump"]
 
 
-async def test_a_handler_in_receive_at_a_look_is_looked_at_again_only_a_look_interval_later(
+async def test_a_handler_found_in_receive_leaves_the_watcher_and_is_not_looked_at_again(
     clock: trio.testing.MockClock,
 ) -> None:
     async with pump_rig() as rig:
         rig.pump.start()
-        await rig.step(0)  # the first look: away since accept, looked at again at DELAY
-        # In receive at that look: the next one is LOOK_INTERVAL later, whatever it does meanwhile.
-        await rig.wait_through_a_look(DELAY, leave_after=DELAY * 0.5)
-        await rig.step(LOOK_INTERVAL - DELAY * 0.5 - DELAY * 0.001)
+        await rig.step(0)  # the first look: away since the accept, looked at again at DELAY
+        assert len(_WATCHER.get()) == 1
+        await rig.wait_through_a_look(DELAY, leave_after=DELAY * 0.5)  # in receive() at that look
+        assert len(_WATCHER.get()) == 0
+        # Away for good now, without sending: the documented gap, no reader however long.
+        await rig.step(DELAY * 1000)
         rig.to_server.send_nowait(data("b"))
         await rig.step(0)
-        assert rig.readers == ["handler"] and readers_running() == 0
-        await rig.step(DELAY * 0.001)  # the look: away, and it left since the last look
+        assert rig.readers == ["handler"] and readers_running() == 0 and not rig.pump.relaying
+        assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
+
+
+async def test_a_look_that_finds_a_new_departure_waits_a_whole_delay_from_then(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        await rig.step(0)  # looked at 0: away
+        rig.pump.departures += 1  # it was in receive() and left again between the looks
+        await rig.step(DELAY)  # the look: a new departure, so another DELAY from now
         await rig.step(DELAY * 0.999)
-        assert rig.readers == ["handler"]
-        await rig.step(DELAY * 0.001)  # away at two looks DELAY apart: taken over
-        assert rig.readers == ["handler", "pump"] and readers_running() == 1
+        rig.to_server.send_nowait(data("a"))
+        await rig.step(0)
+        assert rig.readers == []
+        await rig.step(DELAY * 0.001)
+        assert rig.readers == ["pump"]
 
 
-async def test_after_a_hand_back_a_handler_away_again_gets_a_reader_within_the_look_bound(
+async def test_after_a_hand_back_only_the_handlers_sends_start_a_reader_again(
     clock: trio.testing.MockClock,
 ) -> None:
     async with pump_rig() as rig:
         rig.pump.start()
         await rig.step(DELAY)  # taken over at the second look
+        assert len(_WATCHER.get()) == 0  # a reader needs no looks
         got = await rig.handler_receive_during_hand_back("a")
         assert texts([got]) == ["a"]
         await rig.step(0)
         assert readers_running() == 0  # the reader task ends with the hand-back
-        await rig.step(LOOK_INTERVAL - DELAY * 0.001)  # away since: nobody looks until then
-        rig.to_server.send_nowait(data("b"))
-        await rig.step(0)
-        assert rig.readers == ["handler"]
-        await rig.step(DELAY * 0.001)  # the look: away since the hand-back
-        await rig.step(DELAY)
-        assert rig.readers == ["handler", "pump"]
+        await rig.step(DELAY * 100)
+        assert readers_running() == 0
+        for _ in range(3):  # the first noted, the second timed, the third DELAY later
+            rig.handler_send()
+            await rig.step(DELAY)
+        assert readers_running() == 1 and rig.pump.relaying
 
 
 # -- the handler's sends ---------------------------------------------------------------------
 
 
 async def in_receive_through_the_first_looks(rig: Rig) -> None:
-    """Start, and wait in receive() through the first two looks: the next is LOOK_INTERVAL on."""
+    """Start, and wait in receive() through the watcher's second look: it looks no more."""
     rig.pump.start()
     await rig.step(0)
     await rig.wait_through_a_look(DELAY)  # leaves at DELAY with message "x"
@@ -292,7 +306,7 @@ async def test_a_handler_that_answers_each_message_once_never_gets_a_reader_by_s
         await in_receive_through_the_first_looks(rig)
         for i in range(5):
             rig.handler_send()  # the answer
-            await rig.step(DELAY * 2)  # back in receive() well before LOOK_INTERVAL is up
+            await rig.step(DELAY * 2)
             rig.to_server.send_nowait(data(str(i)))
             await rig.handler_receive()
         assert rig.readers == ["handler"] * 6 and readers_running() == 0
@@ -326,7 +340,7 @@ async def test_sends_start_no_reader_before_start_or_after_stop(clock: trio.test
         rig.pump.stop()
         for _ in range(3):
             rig.handler_send()
-            await rig.step(LOOK_INTERVAL)
+            await rig.step(DELAY * 2)
         assert not rig.pump.relaying and readers_running() == 0
 
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_asgi_ws._watcher import _WATCHER, LOOK_INTERVAL, Watcher, watch
+from trio_asgi_ws._watcher import _WATCHER, Watcher, watch
 
 
 class Scripted:
@@ -58,14 +58,29 @@ async def test_the_first_registration_spawns_one_watcher_that_looks_at_once(
     assert first.looks == second.looks == [0.0]
 
 
-async def test_without_requests_the_looks_come_every_look_interval(clock: trio.testing.MockClock) -> None:
-    watched = Scripted()
-    watch(watched)
+async def test_when_no_connection_asks_for_a_look_the_watcher_parks_without_a_deadline(
+    clock: trio.testing.MockClock,
+) -> None:
+    watched = Scripted()  # registered, but asks for nothing
+    watcher = watch(watched)
     await settle(clock)
-    await settle(clock, LOOK_INTERVAL * 0.999)
+    assert watched.looks == [0.0] and len(watcher) == 1
+    assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
+    await settle(clock, 1000.0)
     assert watched.looks == [0.0]
-    await settle(clock, LOOK_INTERVAL * 0.001)
-    assert watched.looks == [0.0, LOOK_INTERVAL]
+
+
+async def test_a_registration_wakes_a_sleeping_watcher_at_once(clock: trio.testing.MockClock) -> None:
+    far = Scripted(3600.0)
+    watch(far)
+    await settle(clock)
+    await settle(clock, 1.0)
+    new = Scripted()
+    watch(new)
+    await settle(clock)
+    assert new.looks == [1.0]
+    assert far.looks == [0.0, 1.0]  # everyone is looked at when it wakes
+    assert trio.lowlevel.current_statistics().seconds_to_next_deadline == pytest.approx(3600.0)
 
 
 async def test_the_next_look_is_the_earliest_any_connection_asks_for(clock: trio.testing.MockClock) -> None:
@@ -100,14 +115,14 @@ async def test_an_unregistered_connection_is_not_looked_at_and_an_empty_watcher_
 async def test_a_look_that_raises_is_logged_and_dropped_and_the_run_carries_on(
     clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broken, healthy = Broken(), Scripted()
+    broken, healthy = Broken(), Scripted(1.0)
     watcher = watch(broken)
     watch(healthy)
     with caplog.at_level(logging.ERROR, logger="trio_asgi_ws"):
         await settle(clock)
-        await settle(clock, LOOK_INTERVAL)
+        await settle(clock, 1.0)
     assert broken.looks == 1 and len(watcher) == 1
-    assert healthy.looks == [0.0, LOOK_INTERVAL]
+    assert healthy.looks == [0.0, 1.0]
     assert [record.exc_info[0] for record in caplog.records if record.exc_info] == [ValueError]
 
 

@@ -12,20 +12,23 @@ role moves between them:
   ``receive()`` costs a counter increment, whatever the traffic, busy or sparse.
 * **The pump takes over.**  The reader task exists only while the pump is the reader.  It is
   started in the connection's block nursery, either
-  - by the run's *watcher* (``_watcher.py``, one system task per trio run for every structured
-    connection), which looks at the connection at least every ``LOOK_INTERVAL`` (10) seconds:
-    a look that finds the handler away from ``receive()`` asks for another look
-    ``takeover_delay`` seconds later, and if the handler has not been back in between, the pump
-    becomes the reader then; or
   - by the handler's own sends: its first send after leaving ``receive()`` costs a counter
     comparison (``WebSocket.send`` sets ``departure_sent`` to ``departures``); a later one calls
     ``handler_sent``, the second notes the time, and the first send at least ``takeover_delay``
-    after that one makes the pump the reader.
+    after that one makes the pump the reader; or
+  - by the run's *watcher* (``_watcher.py``, one system task per trio run), which looks at the
+    connection when it is accepted: a handler away from ``receive()`` then is looked at again
+    ``takeover_delay`` later, and if it has not been back in between, the pump becomes the
+    reader.  A connection whose handler is found in ``receive()`` leaves the watcher for good.
   The reader moves messages into a bounded trio memory channel (created at the first takeover).
-  So a handler that sends at least every ``s`` seconds without receiving gets a reader within
-  ``takeover_delay + 2 * s`` of leaving ``receive()``; any handler, one that neither sends nor
-  receives included, within ``LOOK_INTERVAL + takeover_delay`` (10.05 s by default).  From
-  then on it learns of a disconnect as soon as the server delivers it.
+  So **a handler that sends** at least every ``s`` seconds without receiving has a reader within
+  ``takeover_delay + 2 * s`` of leaving ``receive()`` (or of the accept), and **a handler that
+  neither receives nor sends after the accept** within ``takeover_delay`` of it; from then on it
+  learns of a disconnect as soon as the server delivers it.  Not covered: a handler that has
+  received, then stays away without sending twice (it awaits something else); it learns of the
+  disconnect at its next ``receive()``, or ``takeover_delay`` after its second send.  Covering it
+  would take a timer per connection or a periodic look at every connection, and either costs
+  every message on sparse traffic (see ``_watcher.py``).
 * **The handler takes the role back.**  When the handler calls ``receive()`` while the pump is
   the reader, it first drains what the pump buffered (in order), then cancels the reader's
   pending ``receive()`` and waits for the reader's ``_HANDOVER`` marker, after which it reads
@@ -103,8 +106,9 @@ class ReceivePump:
         "_handler_in_receive",
         "_handler_waiting",
         "_linger",
+        "_live",
         "_looked_at",
-        "_looked_at_receives",
+        "_looked_at_departure",
         "_max_bytes",
         "_max_messages",
         "_nursery",
@@ -163,8 +167,8 @@ class ReceivePump:
         # Reader role.
         self.relaying = False
         """True while messages wait in the buffer or the pump is the reader: then the handler
-        must call ``receive_relayed()``; else it reads the server's ``receive()`` itself and calls
-        ``handler_left()`` afterwards."""
+        must call ``receive_relayed()``; else it reads the server's ``receive()`` itself and counts
+        ``departures`` afterwards."""
         self._handler_waiting = False
         self._pump_reading = False
         self._read_scope: trio.CancelScope | None = None  # the reader's current read of the server
@@ -173,13 +177,15 @@ class ReceivePump:
         """How many times the handler has left ``receive()`` (``WebSocket.receive`` counts them)."""
         self.departure_sent = -1
         """``departures`` at the handler's last send (``WebSocket.send`` keeps it)."""
-        self._looked_at_receives = -1
+        self._looked_at_departure = -1
         self._looked_at = 0.0
         self._timed_departure = -1  # the departure whose sends handler_sent() is timing
         self._sending_since = 0.0
-        # Watching: the block's nursery from attach(), registered with the watcher from start().
+        # The block's nursery from attach(); live from start() to stop(); watched from start()
+        # until the watcher finds the handler in receive() or the pump reading.
         self._nursery: trio.Nursery | None = None
         self._path: object = None
+        self._live = False
         self._watcher: Watcher | None = None
 
     # -- the block ----------------------------------------------------------------------------
@@ -190,13 +196,18 @@ class ReceivePump:
         self._path = path
 
     def start(self) -> None:
-        """Begin watching the handler (once the connection is accepted): register with the watcher."""
-        if self._nursery is not None and self._watcher is None:
+        """The connection is accepted: from now on the pump may read, and the watcher looks."""
+        if self._nursery is not None and not self._live:
+            self._live = True
             self._watcher = watch(self)
 
     def stop(self) -> None:
-        """Stop watching: unregister, and start no reader from now on (a running one carries on)."""
+        """Start no reader from now on (a running one carries on), and leave the watcher."""
+        self._live = False
         self._nursery = None
+        self._unwatch()
+
+    def _unwatch(self) -> None:
         if self._watcher is not None:
             self._watcher.discard(self)
             self._watcher = None
@@ -211,7 +222,7 @@ class ReceivePump:
         each message once never gets here): the second notes the time; the first one at least
         ``takeover_delay`` after it starts the reader.
         """
-        if self._watcher is not None and not self.relaying:
+        if self._live and not self.relaying:
             now = trio.current_time()
             if self.departure_sent != self._timed_departure:
                 self._timed_departure = self.departure_sent
@@ -250,13 +261,15 @@ class ReceivePump:
     def look(self, now: float) -> float:
         """The watcher's look: take over if the handler stayed away since the previous one.
 
-        Returns when the next look is wanted: ``takeover_delay`` after a look that found the
-        handler newly away, ``math.inf`` when it is in ``receive()`` or the pump reads already.
+        Returns when the next look is wanted: ``takeover_delay`` after the look that found the
+        handler away.  A handler in ``receive()``, or one the pump reads for already, needs no
+        more looks: the connection leaves the watcher (``math.inf``).
         """
         if self._handler_in_receive() or self.relaying:
+            self._unwatch()
             return math.inf
-        if self._looked_at_receives != self.departures:
-            self._looked_at_receives = self.departures
+        if self._looked_at_departure != self.departures:
+            self._looked_at_departure = self.departures
             self._looked_at = now
         elif now >= self._looked_at + self._takeover_delay:
             self._take_over()
@@ -266,7 +279,8 @@ class ReceivePump:
     def _take_over(self) -> None:
         """Become the reader: start a reader task in the block's nursery."""
         nursery = self._nursery
-        assert nursery is not None  # only called while watched
+        assert nursery is not None  # only called while live
+        self._unwatch()
         if self._channel is None:
             self._channel = trio.open_memory_channel[Message](self._max_messages + _CONTROL_SLOTS)
         self._read_scope = trio.CancelScope()
@@ -284,9 +298,9 @@ class ReceivePump:
         if final["type"] == "websocket.disconnect":
             if self._queued_messages:  # let a reading handler have what the client sent first
                 while True:
-                    receives = self.departures
+                    departures = self.departures
                     await trio.sleep(self._linger)
-                    if receives == self.departures and not self._handler_in_receive():
+                    if departures == self.departures and not self._handler_in_receive():
                         break
             self._on_gone()
 
