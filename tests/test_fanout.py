@@ -33,9 +33,9 @@ def test_encode_frame_matches_wsproto_for_text_and_binary(size: int) -> None:
 @pytest.mark.parametrize(
     ("message", "error"),
     [
-        ({"type": "websocket.send"}, "needs 'text' or 'bytes'"),
-        ({"type": "websocket.send", "text": None, "bytes": None}, "needs 'text' or 'bytes'"),
-        ({"type": "websocket.send", "text": b"x"}, "'text' must be str, got bytes"),
+        ({"type": "websocket.send"}, "^a websocket.send message needs 'text' or 'bytes'$"),
+        ({"type": "websocket.send", "text": None, "bytes": None}, "^a websocket.send message needs"),
+        ({"type": "websocket.send", "text": b"x"}, "^'text' must be str, got bytes$"),
     ],
 )
 def test_encode_frame_refuses_a_message_without_text_or_bytes(message: Message, error: str) -> None:
@@ -136,7 +136,7 @@ async def test_a_partial_write_wakes_the_forward_task_to_flush_and_later_message
         await trio.testing.wait_all_tasks_blocked()
         direct.results = [PARTIAL]
         await hub.publish("t", "0")
-        await hub.publish("t", "1")  # not written directly while the tail waits
+        await hub._deliver(BroadcastMessage.encode("t", "1"))  # before forward runs: buffered
         assert (direct.written, subscription.buffered) == ([text_frame("0")], 1)
         await trio.testing.wait_all_tasks_blocked()
         assert direct.flushes == 1
@@ -266,3 +266,216 @@ async def test_closing_the_hub_while_an_inline_send_is_stuck_loses_nothing_for_t
         gate.set()
     assert got == {0: ["a", "b"], 1: ["b"], 2: ["a", "b"]}
     assert [(s.delivered, s.dropped, s.buffered) for s in subscriptions] == [(2, 0, 0)] * 3
+
+
+def recording_socket(
+    name: str,
+    log: dict[str, list[str]],
+    gates: dict[str, trio.Event] | None = None,
+    delay: float = 0,
+    shielded: bool = False,
+) -> Any:
+    """An ASGI ``send`` that appends each text to ``log[name]``, after its gate (if any) is set
+    and ``delay`` seconds; ``shielded``: its wait cannot be cancelled (as hypercorn's)."""
+
+    async def send(message: Message) -> None:
+        if message["type"] != "websocket.send":
+            return
+        gate = (gates or {}).get(name)
+        if gate is not None:
+            with trio.CancelScope(shield=shielded):
+                await gate.wait()
+        if delay:
+            await trio.sleep(delay)
+        log.setdefault(name, []).append(message["text"])
+
+    return send
+
+
+async def recorded_sockets(
+    names: list[str],
+    log: dict[str, list[str]],
+    gates: dict[str, trio.Event] | None = None,
+    delay: float = 0,
+    shielded: bool = False,
+) -> list[WebSocket]:
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    sockets = []
+    for name in names:
+        ws = WebSocket(websocket_scope(), receive, recording_socket(name, log, gates, delay, shielded))
+        await ws.accept()
+        sockets.append(ws)
+    return sockets
+
+
+async def test_a_socket_whose_scope_has_no_extensions_is_sent_to_inline() -> None:
+    log: dict[str, list[str]] = {}
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    scope = websocket_scope()
+    del scope["extensions"]
+    ws = WebSocket(scope, receive, recording_socket("a", log))
+    await ws.accept()
+    async with open_broadcast() as hub, trio.open_nursery() as nursery:
+        subscription = await nursery.start(hub.forward, "t", ws)
+        await hub.publish("t", "x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert (log, subscription.delivered, subscription.peak_buffered) == ({"a": ["x"]}, 1, 0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_every_idle_direct_socket_gets_each_message() -> None:
+    sent: list[Message] = []
+    directs = [ScriptedDirectSend() for _ in range(3)]
+    sockets = [await direct_socket(sent, direct) for direct in directs]
+    async with open_broadcast() as hub, trio.open_nursery() as nursery:
+        for ws in sockets:
+            await nursery.start(hub.forward, "t", ws)
+        for text in ("0", "1"):
+            await hub.publish("t", text)
+        assert [direct.written for direct in directs] == [[text_frame("0"), text_frame("1")]] * 3
+        assert sent == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_forwarded_block_subscription_makes_the_publisher_wait_not_the_shared_sender(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: dict[str, list[str]] = {}
+    gates = {"a": trio.Event()}
+    (ws,) = await recorded_sockets(["a"], log, gates)
+    async with open_broadcast() as hub, trio.open_nursery() as nursery:
+        await nursery.start(partial(hub.forward, "t", ws, max_buffer=2, overflow="block"))
+        for text in ("0", "1", "2"):  # 0 in forward's stuck send, 1 and 2 buffered
+            await hub.publish("t", text)
+        with trio.move_on_after(10) as waited:
+            await hub.publish("t", "3")
+        assert waited.cancelled_caught  # lossless: the publisher waits for room
+        gates["a"].set()
+        await hub.publish("t", "3")
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == {"a": ["0", "1", "2", "3"]}
+        nursery.cancel_scope.cancel()
+
+
+async def test_publishers_wait_once_64_messages_are_queued_for_the_shared_sender(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The clock stands still: the stuck send is never handed off, so the queue fills."""
+    log: dict[str, list[str]] = {}
+    gates = {"a": trio.Event()}
+    (ws,) = await recorded_sockets(["a"], log, gates)
+    published = 0
+    async with open_broadcast() as hub, trio.open_nursery() as nursery:
+        await nursery.start(hub.forward, "t", ws)
+
+        async def publish_many() -> None:
+            nonlocal published
+            for i in range(70):
+                await hub.publish("t", str(i))
+                published += 1
+
+        nursery.start_soon(publish_many)
+        await trio.testing.wait_all_tasks_blocked()
+        assert published == 1 + 64  # one in the stuck send, 64 queued: the 66th waits
+        gates["a"].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert (published, log["a"]) == (70, [str(i) for i in range(70)])
+        nursery.cancel_scope.cancel()
+
+
+class Steps(trio.abc.Instrument):
+    """Counts the scheduler steps of the tasks called ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name == self.name:
+            self.steps += 1
+
+
+async def test_slow_sends_that_keep_moving_are_never_handed_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: dict[str, list[str]] = {}
+    names = [str(i) for i in range(10)]
+    sockets = await recorded_sockets(names, log, delay=STALL_AFTER * 0.75)  # a fan-out of 7.5 ticks
+    async with open_broadcast() as hub, trio.open_nursery() as nursery:
+        subscriptions = [await nursery.start(partial(hub.forward, "t", ws), name="forward") for ws in sockets]
+        steps = Steps("forward")
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for text in ("x", "y"):
+                await hub.publish("t", text)
+            await trio.sleep(1)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert log == {name: ["x", "y"] for name in names}
+        assert [s.delivered for s in subscriptions] == [2] * 10
+        assert steps.steps == 0  # all sent inline: no forward task was woken by a hand-off
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_stall_is_found_and_the_watchdog_sleeps_in_between(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: dict[str, list[str]] = {}
+    gates = {"a": trio.Event()}
+    sockets = await recorded_sockets(["a", "b", "c"], log, gates)
+    async with open_broadcast() as hub, trio.open_nursery() as nursery:
+        for ws in sockets:
+            await nursery.start(hub.forward, "t", ws)
+        await hub.publish("t", "0")  # a stalls
+        await trio.sleep(1)
+        assert log == {"b": ["0"], "c": ["0"]}
+        gates["a"].set()
+        await trio.sleep(1)
+        assert log["a"] == ["0"]
+        steps = Steps("trio_asgi_ws hub watchdog")
+        trio.lowlevel.add_instrument(steps)
+        try:
+            await trio.sleep(10)  # nothing to send: the watchdog does not tick
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert steps.steps == 0
+        gates["b"] = trio.Event()  # now b stalls: found again
+        await hub.publish("t", "1")
+        await trio.sleep(1)
+        assert log == {"a": ["0", "1"], "b": ["0"], "c": ["0", "1"]}
+        gates["b"].set()
+        await trio.sleep(1)
+        assert log["b"] == ["0", "1"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_closing_the_hub_after_a_hand_off_sends_each_message_once(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """a stalls and is handed off; the next sender stalls on b; the hub closes while both sends
+    wait (shielded, as hypercorn's are), then they return: neither sender may carry on, and c
+    gets the message exactly once (from its buffer)."""
+    log: dict[str, list[str]] = {}
+    gates = {"a": trio.Event(), "b": trio.Event()}
+    sockets = await recorded_sockets(["a", "b", "c"], log, gates, shielded=True)
+
+    async def release_once_the_close_waits() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        gates["a"].set()
+        gates["b"].set()
+
+    async with trio.open_nursery() as nursery, open_broadcast() as hub:
+        subscriptions = [await nursery.start(hub.forward, "t", ws) for ws in sockets]
+        await hub.publish("t", "0")
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(1)  # the watchdog finds a stuck; the next sender sticks on b
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == {}
+        nursery.start_soon(release_once_the_close_waits)
+    assert log == {"a": ["0"], "b": ["0"], "c": ["0"]}
+    assert [(s.delivered, s.dropped, s.buffered) for s in subscriptions] == [(1, 0, 0)] * 3

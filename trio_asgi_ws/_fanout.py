@@ -212,9 +212,10 @@ class InlineSender:
                     raise
                 else:
                     subscription.delivered += 1
+                finally:
+                    if generation != self._generation and link.stuck is not None:
+                        link.stuck.set()  # handed off while stuck: its forward task carries on
                 if generation != self._generation:  # handed off while stuck (or drained)
-                    if link.stuck is not None:
-                        link.stuck.set()  # the forward task carries on from here
                     return
             batch = self._sending = self._batch = None
 
