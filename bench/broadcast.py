@@ -193,8 +193,14 @@ async def serve_ours(mode: str, sock: socket.socket) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(
             functools.partial(
-                serve, build_app(mode), "127.0.0.1", 0, sockets=sock, handle_signals=False,
-                ping_interval=None, read_timeout=None,
+                serve,
+                build_app(mode),
+                "127.0.0.1",
+                0,
+                sockets=sock,
+                handle_signals=False,
+                ping_interval=None,
+                read_timeout=None,
             )
         )
         say_hello(sock)
@@ -318,7 +324,11 @@ class ClientSession:
         self.streams.append(stream)
         # message_queue_size=1: a member that is not read stops reading its socket at once.
         ws = await trio_websocket.wrap_client_stream(
-            self.nursery, stream, f"127.0.0.1:{port}", "/room", message_queue_size=1,
+            self.nursery,
+            stream,
+            f"127.0.0.1:{port}",
+            "/room",
+            message_queue_size=1,
             max_message_size=1 << 20,
         )
         if await ws.get_message() != "ready":
@@ -382,8 +392,13 @@ class ClientSession:
         for i in range(count):
             times = [row[i] for row in log.arrivals]
             everyone.append(max(times) if times and all(times) else 0.0)
-        return {"received": log.received, "expected": expected, "last": log.last, "status": status,
-                "everyone": everyone}
+        return {
+            "received": log.received,
+            "expected": expected,
+            "last": log.last,
+            "status": status,
+            "everyone": everyone,
+        }
 
     def close(self) -> None:
         self.nursery.cancel_scope.cancel()
@@ -635,14 +650,19 @@ async def run_once(
             )
             nursery.start_soon(publisher.read_acks)
             if settings.stalled:
-                await workers[0].request({"cmd": "connect", "port": port, "count": settings.stalled,
-                                          "stalled": True})
+                await workers[0].request(
+                    {"cmd": "connect", "port": port, "count": settings.stalled, "stalled": True}
+                )
                 acked = await publisher.fill(settings.fill, settings.window)
-                log(f"    fill: {acked}/{settings.fill} publishes acknowledged with only the stalled "
-                    "clients in the room")
+                log(
+                    f"    fill: {acked}/{settings.fill} publishes acknowledged with only the stalled "
+                    "clients in the room"
+                )
             readers = settings.clients - settings.stalled
-            shares = [readers // len(workers) + (1 if k < readers % len(workers) else 0)
-                      for k in range(len(workers))]
+            shares = [
+                readers // len(workers) + (1 if k < readers % len(workers) else 0)
+                for k in range(len(workers))
+            ]
             async with trio.open_nursery() as connecting:
                 for worker, share in zip(workers, shares, strict=True):
                     connecting.start_soon(
@@ -662,8 +682,13 @@ async def run_once(
 
 
 async def run_phase(
-    contender: str, phase: str, number: int, settings: Settings, publisher: Publisher,
-    workers: list[Child], pid: int,
+    contender: str,
+    phase: str,
+    number: int,
+    settings: Settings,
+    publisher: Publisher,
+    workers: list[Child],
+    pid: int,
 ) -> PhaseResult:
     count = settings.saturated_messages if phase == "saturated" else settings.unsaturated_messages
     sent_at = [0.0] * count
@@ -677,8 +702,13 @@ async def run_phase(
 
     async def ask(k: int) -> None:
         replies[k] = await workers[k].request(
-            {"cmd": "phase", "phase": number, "count": count, "stall_timeout": settings.stall_timeout,
-             "deadline": settings.deadline}
+            {
+                "cmd": "phase",
+                "phase": number,
+                "count": count,
+                "stall_timeout": settings.stall_timeout,
+                "deadline": settings.deadline,
+            }
         )
 
     async with trio.open_nursery() as nursery:
@@ -717,9 +747,8 @@ async def run_phase(
         server_busy=(server_after[0] - server_before[0]) / wall,
         server_runnable=(sum(server_after) - sum(server_before)) / wall,
         client_busy=max(a[0] - b[0] for a, b in zip(clients_after, clients_before, strict=True)) / wall,
-        client_runnable=max(
-            sum(a) - sum(b) for a, b in zip(clients_after, clients_before, strict=True)
-        ) / wall,
+        client_runnable=max(sum(a) - sum(b) for a, b in zip(clients_after, clients_before, strict=True))
+        / wall,
         peak_rss_mib=rss,
     )
 
@@ -753,19 +782,23 @@ async def orchestrate(args: argparse.Namespace, clients: int) -> dict[Key, list[
                     deadline=args.deadline,
                 )
                 for contender in order:
-                    log(f"[{time.monotonic() - started:6.1f}s] round {round_index + 1}/{args.rounds} "
-                        f"N={clients} stalled={stalled} {contender}")
+                    log(
+                        f"[{time.monotonic() - started:6.1f}s] round {round_index + 1}/{args.rounds} "
+                        f"N={clients} stalled={stalled} {contender}"
+                    )
                     run = await run_once(contender, settings, workers, args.repo, not args.server_stderr)
                     for phase, result in run.items():
                         results.setdefault((stalled, phase, contender), []).append(result)
-                        log(f"    {phase:11} {result.status:8} {result.rate:8.0f} deliveries/s "
+                        log(
+                            f"    {phase:11} {result.status:8} {result.rate:8.0f} deliveries/s "
                             f"{result.cpu_per_delivery_us:6.1f} us/delivery "
                             f"p50 {percentile(result.latencies, 0.5) * 1e3:7.1f} ms "
                             f"delivered {result.received / max(1, result.expected):5.1%} "
                             f"on CPU/runnable: server {result.server_busy:4.0%}/"
                             f"{result.server_runnable:4.0%} "
                             f"client {result.client_busy:4.0%}/{result.client_runnable:4.0%} "
-                            f"RSS {result.peak_rss_mib:5.1f} MiB")
+                            f"RSS {result.peak_rss_mib:5.1f} MiB"
+                        )
     finally:
         for worker in workers:
             await worker.kill()
@@ -803,16 +836,24 @@ def print_tables(args: argparse.Namespace, clients: int, results: dict[Key, list
     for stalled in (0, int(clients * STALLED_SHARE)):
         for phase in PHASES:
             if phase == "saturated":
-                what = (f"saturated: {saturated} messages as fast as acknowledged "
-                        f"(at most {args.window} unacknowledged)")
+                what = (
+                    f"saturated: {saturated} messages as fast as acknowledged "
+                    f"(at most {args.window} unacknowledged)"
+                )
             else:
                 what = f"unsaturated: {args.unsaturated_messages} messages at {args.rate:g}/s"
-            stall = (f", {stalled} stalled (filled with {args.fill} messages first)" if stalled
-                     else ", all reading")
+            stall = (
+                f", {stalled} stalled (filled with {args.fill} messages first)"
+                if stalled
+                else ", all reading"
+            )
             print(f"\n**{clients} clients{stall}; {what}**; medians of {args.rounds} round(s)\n")
             ratio_head = "".join(f" CPU vs {b} |" for b in bases)
-            print("| contender | done | deliveries/s | server CPU µs/delivery |" + ratio_head
-                  + " all-have-it p50 ms | p99 ms | delivered | peak RSS MiB | runnable server / client |")
+            print(
+                "| contender | done | deliveries/s | server CPU µs/delivery |"
+                + ratio_head
+                + " all-have-it p50 ms | p99 ms | delivered | peak RSS MiB | runnable server / client |"
+            )
             print("|---|---|---:|---:|" + "---:|" * len(bases) + "---:|---:|---:|---:|---:|")
             for contender in contenders:
                 runs = results[(stalled, phase, contender)]
@@ -866,7 +907,8 @@ def bottleneck_note(contenders: Sequence[str], runs: Sequence[list[PhaseResult]]
         notes.append(f"{contender}: {side}")
     return (
         f"Bottleneck (runnable, i.e. on a CPU or waiting for one, ≥ {RUNNABLE_BOUND:.0%} of the phase): "
-        + "; ".join(notes) + "."
+        + "; ".join(notes)
+        + "."
     )
 
 
@@ -888,16 +930,24 @@ def describe_repo(repo: Path | None) -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "?"
-    dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--", "trio_asgi_ws"],
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(where), "status", "--porcelain", "--", "trio_asgi_ws"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return f"{where} at {commit}" + (" (trio_asgi_ws/ has uncommitted changes)" if dirty else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="100 clients, 1 round, fewer messages")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1000, 100],
-                        help="room sizes, each a table set of its own (default 1000 100)")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        nargs="+",
+        default=[1000, 100],
+        help="room sizes, each a table set of its own (default 1000 100)",
+    )
     parser.add_argument("--messages", type=int, help="saturated phase messages (default 30000/N in 30..100)")
     parser.add_argument("--unsaturated-messages", type=int, default=20)
     parser.add_argument("--rate", type=float, default=5.0, help="unsaturated publishes per second")
@@ -906,8 +956,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--contenders", type=parse_contenders, default=CONTENDERS, metavar="A,B,...")
     parser.add_argument("--client-procs", type=int, default=2, help="client processes sharing the readers")
-    parser.add_argument("--stall-timeout", type=float, default=2.0,
-                        help="seconds without a delivery after which the room counts as stopped")
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=2.0,
+        help="seconds without a delivery after which the room counts as stopped",
+    )
     parser.add_argument("--deadline", type=float, default=60.0, help="seconds before a phase is given up")
     parser.add_argument("--repo", type=Path, help="import trio_asgi_ws from this checkout in the servers")
     parser.add_argument("--server-stderr", action="store_true", help="let the servers' stderr through")
@@ -925,8 +979,10 @@ def main() -> None:
     if args.quick:
         args.clients, args.rounds, args.unsaturated_messages = [100], 1, 10
     args.repo = repo
-    print(f"trio_asgi_ws from {describe_repo(repo)}; {args.client_procs} client process(es); "
-          f"{os.cpu_count()} CPUs.")
+    print(
+        f"trio_asgi_ws from {describe_repo(repo)}; {args.client_procs} client process(es); "
+        f"{os.cpu_count()} CPUs."
+    )
     for clients in args.clients:
         results = trio.run(orchestrate, args, clients)
         print_tables(args, clients, results)

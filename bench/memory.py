@@ -54,13 +54,79 @@ COMPRESSIONS = ("none", "deflate")
 CONTENDERS = tuple(f"{app}/{compression}" for app in APPS for compression in COMPRESSIONS)
 
 _WORDS = (
-    "the", "a", "to", "and", "of", "is", "in", "it", "you", "that", "for", "on", "with", "this",
-    "be", "are", "have", "not", "but", "just", "so", "what", "can", "was", "we", "do", "if", "at",
-    "about", "my", "your", "they", "all", "like", "get", "no", "one", "know", "think", "will",
-    "up", "out", "there", "how", "now", "yes", "deploy", "build", "release", "meeting", "tomorrow",
-    "today", "review", "merge", "branch", "ticket", "bug", "fix", "test", "server", "client",
-    "latency", "dashboard", "coffee", "lunch", "weekend", "thanks", "sure", "maybe", "later",
-    "agreed", "sounds", "great",
+    "the",
+    "a",
+    "to",
+    "and",
+    "of",
+    "is",
+    "in",
+    "it",
+    "you",
+    "that",
+    "for",
+    "on",
+    "with",
+    "this",
+    "be",
+    "are",
+    "have",
+    "not",
+    "but",
+    "just",
+    "so",
+    "what",
+    "can",
+    "was",
+    "we",
+    "do",
+    "if",
+    "at",
+    "about",
+    "my",
+    "your",
+    "they",
+    "all",
+    "like",
+    "get",
+    "no",
+    "one",
+    "know",
+    "think",
+    "will",
+    "up",
+    "out",
+    "there",
+    "how",
+    "now",
+    "yes",
+    "deploy",
+    "build",
+    "release",
+    "meeting",
+    "tomorrow",
+    "today",
+    "review",
+    "merge",
+    "branch",
+    "ticket",
+    "bug",
+    "fix",
+    "test",
+    "server",
+    "client",
+    "latency",
+    "dashboard",
+    "coffee",
+    "lunch",
+    "weekend",
+    "thanks",
+    "sure",
+    "maybe",
+    "later",
+    "agreed",
+    "sounds",
+    "great",
 )
 
 
@@ -70,8 +136,9 @@ def chat_message(seed: int, size: int = 1024) -> str:
     words: list[str] = []
     while sum(len(word) + 1 for word in words) < size - 80:
         words.append(rng.choice(_WORDS))
-    return json.dumps({"type": "message", "room": "general", "user": f"user{seed}", "id": seed,
-                       "text": " ".join(words)})
+    return json.dumps(
+        {"type": "message", "room": "general", "user": f"user{seed}", "id": seed, "text": " ".join(words)}
+    )
 
 
 # -- the server process (``--serve APP --compression X``) -----------------------------------------
@@ -119,7 +186,11 @@ async def serve_ours(app_name: str, compression: str) -> None:
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
             functools.partial(
-                serve, SERVED[app_name], "127.0.0.1", 0, handle_signals=False,
+                serve,
+                SERVED[app_name],
+                "127.0.0.1",
+                0,
+                handle_signals=False,
                 compression=None if compression == "none" else compression,
             )
         )
@@ -291,22 +362,32 @@ def parse_contenders(text: str) -> tuple[str, ...]:
 
 def describe_repo(repo: Path | None) -> str:
     where = repo or REPO
-    commit = subprocess.run(["git", "-C", str(where), "log", "-1", "--format=%h"],
-                            capture_output=True, text=True).stdout.strip() or "?"
-    dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--", "trio_asgi_ws"],
-                           capture_output=True, text=True).stdout.strip()
+    commit = (
+        subprocess.run(
+            ["git", "-C", str(where), "log", "-1", "--format=%h"], capture_output=True, text=True
+        ).stdout.strip()
+        or "?"
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(where), "status", "--porcelain", "--", "trio_asgi_ws"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return f"{where} at {commit}" + (" (trio_asgi_ws/ has uncommitted changes)" if dirty else "")
 
 
-def print_table(contenders: tuple[str, ...], samples: dict[str, list[dict[str, Any]]],
-                args: argparse.Namespace) -> None:
+def print_table(
+    contenders: tuple[str, ...], samples: dict[str, list[dict[str, Any]]], args: argparse.Namespace
+) -> None:
     print(
         f"\nIdle connections: KiB of server RSS per connection (ΔVmRSS over {args.connections} connections "
         f"after {args.warmup} warm-up ones, one ~1 KiB message exchanged on each); "
         f"medians of {args.rounds} round(s).\n"
     )
-    print("| server / app | compression | deflate negotiated | KiB per connection | Δ vs raw KiB "
-          "| fds per connection | trio tasks per connection | RSS before → after MiB |")
+    print(
+        "| server / app | compression | deflate negotiated | KiB per connection | Δ vs raw KiB "
+        "| fds per connection | trio tasks per connection | RSS before → after MiB |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for contender in contenders:
         runs = samples[contender]
@@ -314,7 +395,8 @@ def print_table(contenders: tuple[str, ...], samples: dict[str, list[dict[str, A
         base = samples.get(f"raw/{compression}")
         delta = (
             f"{statistics.median(r['kib'] - b['kib'] for r, b in zip(runs, base, strict=True)):+.1f}"
-            if base is not None and app_name != "raw" else ("0" if app_name == "raw" else "—")
+            if base is not None and app_name != "raw"
+            else ("0" if app_name == "raw" else "—")
         )
         negotiated = sum(r["deflate"] for r in runs)
         took = "yes" if negotiated == len(runs) else "no" if not negotiated else "sometimes"
@@ -335,8 +417,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="connections open before the first reading")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds idle before reading RSS")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--contenders", type=parse_contenders, default=CONTENDERS, metavar="A,B,...",
-                        help=f"from {', '.join(CONTENDERS)}; an app name alone means both compressions")
+    parser.add_argument(
+        "--contenders",
+        type=parse_contenders,
+        default=CONTENDERS,
+        metavar="A,B,...",
+        help=f"from {', '.join(CONTENDERS)}; an app name alone means both compressions",
+    )
     parser.add_argument("--repo", type=Path, help="import trio_asgi_ws from this checkout in the servers")
     parser.add_argument("--server-stderr", action="store_true", help="let the servers' stderr through")
     parser.add_argument("--serve", choices=CONTENDERS, help=argparse.SUPPRESS)
@@ -368,7 +455,8 @@ def main() -> None:
                     f"[{time.monotonic() - started:6.1f}s] round {round_index + 1}/{args.rounds} "
                     f"{contender:<24} {sample['kib']:6.1f} KiB/conn  {sample['fds']:.2f} fds/conn  "
                     f"{sample['tasks']:.2f} tasks/conn  deflate={sample['deflate']}",
-                    file=sys.stderr, flush=True,
+                    file=sys.stderr,
+                    flush=True,
                 )
     finally:
         client.kill()

@@ -139,3 +139,15 @@ async def serve_app(app: ASGIApp, scope: Scope | None = None, **options: Any) ->
         nursery.start_soon(server.run)
         yield server
         await server.wait_app()
+
+
+class TaskSteps(trio.abc.Instrument):
+    """Counts the scheduler passes of the tasks called ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name == self.name:
+            self.steps += 1

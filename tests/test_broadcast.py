@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.driver import serve_app, websocket_scope
+from tests.driver import TaskSteps, serve_app, websocket_scope
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws._fanout import STALL_AFTER
 from trio_asgi_ws._types import Message, Receive, Scope, Send
@@ -883,18 +883,6 @@ async def test_forward_through_a_send_that_never_checkpoints_delivers_everything
         assert (subscription.delivered, subscription.dropped, subscription.buffered) == (40, 0, 0)
         nursery.cancel_scope.cancel()
     assert hub.topics == {}
-
-
-class TaskSteps(trio.abc.Instrument):
-    """Counts the scheduler passes of the tasks called ``name``."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.steps = 0
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task.name == self.name:
-            self.steps += 1
 
 
 async def test_forward_sends_a_backlog_back_to_back_without_a_scheduler_pass_each(

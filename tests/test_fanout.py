@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from wsproto.frame_protocol import FrameProtocol
 
-from tests.driver import websocket_scope
+from tests.driver import TaskSteps, websocket_scope
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws._direct_send import EXTENSION, PARTIAL, REFUSED, WHOLE, DirectSend, encode_frame
 from trio_asgi_ws._fanout import STALL_AFTER
@@ -388,18 +388,6 @@ async def test_publishers_wait_once_64_messages_are_queued_for_the_shared_sender
         nursery.cancel_scope.cancel()
 
 
-class Steps(trio.abc.Instrument):
-    """Counts the scheduler steps of the tasks called ``name``."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.steps = 0
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task.name == self.name:
-            self.steps += 1
-
-
 async def test_slow_sends_that_keep_moving_are_never_handed_off(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -408,7 +396,7 @@ async def test_slow_sends_that_keep_moving_are_never_handed_off(
     sockets = await recorded_sockets(names, log, delay=STALL_AFTER * 0.75)  # a fan-out of 7.5 ticks
     async with open_broadcast() as hub, trio.open_nursery() as nursery:
         subscriptions = [await nursery.start(partial(hub.forward, "t", ws), name="forward") for ws in sockets]
-        steps = Steps("forward")
+        steps = TaskSteps("forward")
         trio.lowlevel.add_instrument(steps)
         try:
             for text in ("x", "y"):
@@ -437,7 +425,7 @@ async def test_each_stall_is_found_and_the_watchdog_sleeps_in_between(
         gates["a"].set()
         await trio.sleep(1)
         assert log["a"] == ["0"]
-        steps = Steps("trio_asgi_ws hub watchdog")
+        steps = TaskSteps("trio_asgi_ws hub watchdog")
         trio.lowlevel.add_instrument(steps)
         try:
             await trio.sleep(10)  # nothing to send: the watchdog does not tick

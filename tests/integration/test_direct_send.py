@@ -19,6 +19,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from tests.driver import TaskSteps
 from tests.integration.attacks import (
     OP_BINARY,
     OP_CLOSE,
@@ -82,17 +83,6 @@ def room_app(hub: Broadcast, **forward_options: Any) -> Router:
         await ws.send_json({"offered": extension is not None, "usable": usable})
 
     return app
-
-
-class Steps(trio.abc.Instrument):
-    """Counts the scheduler steps of the hub's forward tasks."""
-
-    def __init__(self) -> None:
-        self.steps = 0
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        if task.name == FORWARD:
-            self.steps += 1
 
 
 @pytest.fixture
@@ -179,7 +169,7 @@ async def test_frames_written_directly_arrive_whole_in_order_and_wake_no_forward
 ) -> None:
     async with open_broadcast() as hub, served(room_app(hub)) as server:
         clients = [await join(server.port) for _ in range(3)]
-        steps = Steps()
+        steps = TaskSteps(FORWARD)
         trio.lowlevel.add_instrument(steps)
         try:
             for size in SMALL:  # an idle socket's send buffer takes them whole
