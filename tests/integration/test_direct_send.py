@@ -64,6 +64,17 @@ def room_app(hub: Broadcast, **forward_options: Any) -> Router:
                     await ws.send_text(f"{i:06d}" + "m" * (int(size) - 6))
             nursery.cancel_scope.cancel()
 
+    @app.websocket("/twice")
+    async def twice(ws: WebSocket) -> None:
+        await ws.accept()
+        async with trio.open_nursery() as nursery:
+            await start_forward(nursery, ws)
+            await start_forward(nursery, ws)
+            await ws.send_text("ready")
+            async for _ in ws.iter_text():
+                pass
+            nursery.cancel_scope.cancel()
+
     @app.websocket("/close", structured=False)  # in a structured block, close() ends the block
     async def close_soon(ws: WebSocket) -> None:
         await ws.accept()
@@ -266,23 +277,60 @@ async def test_partly_written_frames_are_finished_before_any_other_frame(writes:
     await client.aclose()
 
 
-async def test_nothing_is_written_after_the_handler_closes() -> None:
+async def test_a_frame_left_in_part_is_finished_before_the_next_subscription_writes(
+    writes: Counter[int],
+) -> None:
+    """One socket subscribed twice to a topic: each message is written for the first
+    subscription, maybe in part, and then at once (no checkpoint between) for the second."""
+    big = 100_000
+    async with open_broadcast() as hub, served(room_app(hub)) as server, trio.open_nursery() as nursery:
+        client = await join(server.port, path="/twice", rcvbuf=8192)
+        results: list[tuple[list[bytes], list[bytes]]] = []
+
+        async def reader() -> None:
+            results.append(await read_all(client, 40, 0, 0.001))
+
+        nursery.start_soon(reader)
+        for i in range(20):
+            await hub.publish("room", numbered(i, big))
+            await trio.sleep(0.01)
+    ((hub_messages, _),) = results
+    assert hub_messages == [numbered(i // 2, big) for i in range(40)]
+    assert writes[PARTIAL] > 0
+    await client.aclose()
+
+
+async def test_nothing_is_written_after_the_handler_closes(writes: Counter[int]) -> None:
+    """The client keeps reading, so the socket stays idle and the hub writes to it directly up
+    to the moment the handler closes (and its forward task lives on): then nothing follows the
+    close frame."""
     async with open_broadcast() as hub, served(room_app(hub)) as server, trio.open_nursery() as nursery:
         client = await join(server.port, path="/close")
+        frames: list[Frame] = []
+
+        async def read_until_the_close() -> None:
+            while (received := await next_frame(client)) is not None:
+                frames.append(received)
+                if received.opcode == OP_CLOSE:
+                    return
 
         async def publish_forever() -> None:
             while True:
                 await hub.publish("room", "x" * 1000)
-                await trio.lowlevel.checkpoint()
+                await trio.sleep(0.001)
 
         nursery.start_soon(publish_forever)
-        await trio.sleep(0.05)
-        await client.send(frame(OP_TEXT, b"close now"))
-        while (received := await next_frame(client)) is not None and received.opcode != OP_CLOSE:
-            assert received.payload == b"x" * 1000
-        assert received is not None and received.close_code == 4000
+        async with trio.open_nursery() as reading:
+            reading.start_soon(read_until_the_close)
+            await trio.sleep(0.05)
+            await client.send(frame(OP_TEXT, b"close now"))
+        *data, close = frames
+        assert close.opcode == OP_CLOSE and close.close_code == 4000
+        assert data and all(received.payload == b"x" * 1000 for received in data)
+        assert writes[WHOLE] >= len(data) > 10
+        await trio.sleep(0.15)  # the hub keeps publishing, the forward task keeps living
         await client.send(frame(OP_CLOSE, b"\x0f\xa0"))
-        assert await next_frame(client) is None  # the server ends the TCP connection, nothing more
+        assert await next_frame(client) is None  # nothing after the close frame; then EOF
         await client.aclose()
         nursery.cancel_scope.cancel()
 
