@@ -20,6 +20,7 @@ from tests.driver import serve_app, websocket_scope
 from trio_asgi_ws import InvalidJSON, WebSocket, WebSocketDisconnect, WebSocketException, WebSocketState
 from trio_asgi_ws._lifecycle import GOING_AWAY_KEY, close_for
 from trio_asgi_ws._types import Message, Receive, Scope, Send
+from trio_asgi_ws._watcher import _WATCHER
 from trio_asgi_ws.exceptions import WebSocketDisconnected
 from trio_asgi_ws.websockets import lifecycle
 
@@ -317,3 +318,30 @@ async def test_entering_after_the_client_left_is_refused() -> None:
         await fake.disconnect(1001)
     assert fake.app_error is None
     assert [str(error) for error in errors] == ["Cannot enter structured mode after a disconnect."]
+
+
+@pytest.mark.parametrize("ending", ["returns", "raises", "cancelled from outside"])
+async def test_the_watcher_lets_go_of_the_connection_however_the_block_ends(ending: str) -> None:
+    watched: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send, takeover_delay=60)
+        with trio.CancelScope() as outer:
+            try:
+                async with ws:
+                    await ws.accept()  # registered: its next look is a minute away
+                    watched.append(len(_WATCHER.get()))
+                    if ending == "raises":
+                        raise KeyError("boom")
+                    if ending == "cancelled from outside":
+                        outer.cancel()
+                        await trio.sleep_forever()
+            except KeyError:
+                pass
+        watched.append(len(_WATCHER.get()))
+
+    async with serve_app(app) as fake:
+        await fake.accepted()
+        await fake.next_sent()  # the close
+        await fake.disconnect(1000)
+    assert watched == [1, 0]

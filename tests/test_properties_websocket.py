@@ -535,6 +535,17 @@ async def run_handler(ws: WebSocket, handler: Handler, log: Log) -> None:
         log.exit_time = trio.current_time()
 
 
+def watchers() -> int:
+    """How many watcher tasks (``_watcher.py``) this run has: 0 or 1."""
+    stack, count = [trio.lowlevel.current_root_task()], 0
+    while stack:
+        task = stack.pop()
+        assert task is not None
+        count += task.name == "trio_asgi_ws watcher"
+        stack.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count
+
+
 def connection(client: Client, handler: Handler) -> tuple[Server, WebSocket, Log]:
     server = Server(client)
     ws = WebSocket(
@@ -558,12 +569,12 @@ def connection(client: Client, handler: Handler) -> tuple[Server, WebSocket, Log
                     if handler.outer_cancel_at is not None:
                         outer.deadline = trio.current_time() + handler.outer_cancel_at
                     await run_handler(ws, handler, log)
-                watcher = _WATCHER.get(None)  # the run's watcher outlives connections, by design
-                watchers = int(watcher is not None)
-                log.extra_tasks_after_app = live_tasks() - baseline - server.client_running - watchers
+                watcher = _WATCHER.get(None)
                 assert watcher is None or len(watcher) == 0, "the watcher still holds the connection"
+                # Let go of, the run's watcher task ends at its next step: not the app's task.
+                log.extra_tasks_after_app = live_tasks() - baseline - server.client_running - watchers()
                 nursery.cancel_scope.cancel()
-        assert live_tasks() == baseline + watchers
+        assert live_tasks() == baseline
 
     try:
         run_on_mock_clock(main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from trio_asgi_ws import (
     WebSocketState,
 )
 from trio_asgi_ws._types import Receive, Scope, Send
-from trio_asgi_ws._watcher import _WATCHER
+from trio_asgi_ws._watcher import _WATCHER, LOOK_INTERVAL
 
 Body = Callable[[WebSocket], Awaitable[None]]
 
@@ -119,31 +120,28 @@ async def test_a_handler_idle_since_the_accept_learns_of_a_disconnect_within_tak
     assert fake.app_error is None
 
 
-async def test_a_handler_idle_after_receiving_learns_of_a_disconnect_only_at_its_next_receive() -> None:
-    """The documented gap: no look after the handler was once found in receive()."""
+async def test_a_handler_idle_after_receiving_learns_of_a_disconnect_within_the_look_bound() -> None:
     outcome = Outcome()
-    resume = trio.Event()
 
     async def body(ws: WebSocket) -> None:
         await ws.accept()
         outcome.notes.append(await ws.receive_text())
-        await resume.wait()  # neither receives nor sends
-        outcome.notes.append("resumed")
-        await ws.receive_text()
+        await trio.sleep_forever()  # neither receives nor sends
 
     async with serve_app(structured_app(body, outcome, takeover_delay=0.05)) as fake:
         await fake.accepted()
-        await trio.sleep(1)
+        await trio.sleep(1)  # waiting in receive() through the watcher's first looks
         await fake.send_data("go")
+        await trio.testing.wait_all_tasks_blocked()
+        left_at = trio.current_time()
         await fake.disconnect(1006)
-        await trio.sleep(3600)
-        assert not outcome.exited.is_set() and outcome.websocket is not None
-        assert not outcome.websocket.disconnected.is_set()
-        resume.set()
-        with trio.fail_after(1):
+        with trio.fail_after(LOOK_INTERVAL + 1):
             await outcome.exited.wait()
-    assert outcome.notes == ["go", "resumed"]
-    assert outcome.websocket.disconnected.is_set() and fake.app_error is None
+        elapsed = trio.current_time() - left_at
+        # The watcher's next periodic look, then one more takeover_delay later: the worst case,
+        # as its previous look (at 1.05) found the handler waiting in receive().
+        assert LOOK_INTERVAL / 2 < elapsed <= LOOK_INTERVAL + 0.05
+    assert outcome.notes == ["go"] and fake.app_error is None
 
 
 async def test_iter_text_ends_cleanly_and_the_block_exits_without_an_exception_group() -> None:
@@ -710,19 +708,21 @@ async def echo_counting_pump_steps(
     return counter, elapsed
 
 
-async def test_an_echo_on_the_fast_path_starts_no_task_and_leaves_only_the_idle_watcher() -> None:
+async def test_an_echo_on_the_fast_path_starts_no_reader_and_leaves_no_task() -> None:
     counter, _ = await echo_counting_pump_steps(200, gap=0, takeover_delay=60)
     assert counter.pump_steps == 0  # no reader was ever started
-    assert [task.name for task in counter.live] == ["trio_asgi_ws watcher"]
-    watcher = _WATCHER.get()
-    assert len(watcher) == 0  # it holds no finished connection, and sleeps without a deadline
+    assert counter.watcher_steps >= 1  # the watcher ran while the connection was open...
+    await trio.testing.wait_all_tasks_blocked()
+    assert not counter.live  # ...and ended with it: every task spawned meanwhile has exited
+    assert len(_WATCHER.get()) == 0
 
 
 @pytest.mark.parametrize("gap", [0.002, 0.06])
 async def test_neither_busy_nor_sparse_traffic_wakes_a_task_per_message(gap: float) -> None:
     # 0.06 s apart is longer than takeover_delay: the old pump looked about once per message.
-    counter, _ = await echo_counting_pump_steps(200, gap=gap, takeover_delay=0.05)
+    counter, elapsed = await echo_counting_pump_steps(200, gap=gap, takeover_delay=0.05)
     assert counter.pump_steps == 0
-    # Its first look finds the handler just accepted, away, and looks again takeover_delay later,
-    # finds it in receive() and lets the connection go: two steps, whatever the traffic.
-    assert counter.watcher_steps == 2
+    # Its first look finds the handler just accepted, away, and looks again takeover_delay later;
+    # then once per LOOK_INTERVAL, each maybe followed by one more look takeover_delay later.
+    looks = 2 + 2 * math.ceil(elapsed / LOOK_INTERVAL)
+    assert 2 <= counter.watcher_steps <= looks < 200 / 10

@@ -21,7 +21,7 @@ import trio.testing
 
 from trio_asgi_ws._pump import _HANDOVER, ReceivePump
 from trio_asgi_ws._types import Message
-from trio_asgi_ws._watcher import _WATCHER
+from trio_asgi_ws._watcher import _WATCHER, LOOK_INTERVAL
 
 DELAY = 1.0  # takeover_delay
 LINGER = 10.0
@@ -213,21 +213,23 @@ async def test_a_read_meanwhile_rearms_for_a_whole_delay_from_the_look(clock: tr
         assert rig.readers == ["handler", "pump"]
 
 
-async def test_a_handler_found_in_receive_leaves_the_watcher_and_is_not_looked_at_again(
+async def test_a_handler_in_receive_at_a_look_is_looked_at_again_a_look_interval_later(
     clock: trio.testing.MockClock,
 ) -> None:
     async with pump_rig() as rig:
         rig.pump.start()
         await rig.step(0)  # the first look: away since the accept, looked at again at DELAY
-        assert len(_WATCHER.get()) == 1
-        await rig.wait_through_a_look(DELAY, leave_after=DELAY * 0.5)  # in receive() at that look
-        assert len(_WATCHER.get()) == 0
-        # Away for good now, without sending: the documented gap, no reader however long.
-        await rig.step(DELAY * 1000)
+        # In receive() at that look: the next one is LOOK_INTERVAL later, whatever it does meanwhile.
+        await rig.wait_through_a_look(DELAY, leave_after=DELAY * 0.5)
+        await rig.step(LOOK_INTERVAL - DELAY * 0.5 - DELAY * 0.001)
         rig.to_server.send_nowait(data("b"))
         await rig.step(0)
-        assert rig.readers == ["handler"] and readers_running() == 0 and not rig.pump.relaying
-        assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
+        assert rig.readers == ["handler"] and readers_running() == 0
+        await rig.step(DELAY * 0.001)  # the look: away, and it left since the last look
+        await rig.step(DELAY * 0.999)
+        assert rig.readers == ["handler"]
+        await rig.step(DELAY * 0.001)  # away at two looks DELAY apart: taken over
+        assert rig.readers == ["handler", "pump"] and readers_running() == 1
 
 
 async def test_a_look_that_finds_a_new_departure_waits_a_whole_delay_from_then(
@@ -246,23 +248,23 @@ async def test_a_look_that_finds_a_new_departure_waits_a_whole_delay_from_then(
         assert rig.readers == ["pump"]
 
 
-async def test_after_a_hand_back_only_the_handlers_sends_start_a_reader_again(
+async def test_after_a_hand_back_a_handler_away_again_gets_a_reader_within_the_look_bound(
     clock: trio.testing.MockClock,
 ) -> None:
     async with pump_rig() as rig:
         rig.pump.start()
         await rig.step(DELAY)  # taken over at the second look
-        assert len(_WATCHER.get()) == 0  # a reader needs no looks
         got = await rig.handler_receive_during_hand_back("a")
         assert texts([got]) == ["a"]
         await rig.step(0)
         assert readers_running() == 0  # the reader task ends with the hand-back
-        await rig.step(DELAY * 100)
-        assert readers_running() == 0
-        for _ in range(3):  # the first noted, the second timed, the third DELAY later
-            rig.handler_send()
-            await rig.step(DELAY)
-        assert readers_running() == 1 and rig.pump.relaying
+        await rig.step(LOOK_INTERVAL - DELAY * 0.001)  # the next look is at DELAY + LOOK_INTERVAL
+        rig.to_server.send_nowait(data("b"))
+        await rig.step(0)
+        assert rig.readers == ["handler"]
+        await rig.step(DELAY * 0.001)  # the look: away since the hand-back
+        await rig.step(DELAY)
+        assert rig.readers == ["handler", "pump"]
 
 
 # -- the handler's sends ---------------------------------------------------------------------
@@ -297,6 +299,23 @@ async def test_a_handler_that_keeps_sending_gets_a_reader_takeover_delay_after_i
         rig.handler_send()  # the pump reads already: nothing more happens
         await rig.step(0)
         assert readers_running() == 1
+
+
+async def test_a_handler_that_sends_from_the_accept_on_is_timed_from_its_second_send(
+    clock: trio.testing.MockClock,
+) -> None:
+    async with pump_rig() as rig:
+        await rig.step(DELAY * 5)  # a clock well past zero
+        rig.handler_send()  # the accept: noted
+        rig.pump.start()
+        rig.handler_send()  # the second send: timed from now
+        assert not rig.pump.relaying
+        await rig.step(DELAY * 0.5)
+        rig.handler_send()
+        assert not rig.pump.relaying
+        await rig.step(DELAY * 0.5)  # the watcher's second look and this send: both due now
+        rig.handler_send()
+        assert rig.pump.relaying
 
 
 async def test_a_handler_that_answers_each_message_once_never_gets_a_reader_by_sending(

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_asgi_ws._watcher import _WATCHER, Watcher, watch
+from trio_asgi_ws._watcher import _WATCHER, LOOK_INTERVAL, Watcher, watch
 
 
 class Scripted:
@@ -37,6 +37,17 @@ class Broken:
         raise ValueError("a bug in a look")
 
 
+def watcher_tasks() -> int:
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    stack, count = [root], 0
+    while stack:
+        task = stack.pop()
+        count += task.name == "trio_asgi_ws watcher"
+        stack.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count
+
+
 @pytest.fixture
 def clock() -> trio.testing.MockClock:
     return trio.testing.MockClock()
@@ -58,29 +69,27 @@ async def test_the_first_registration_spawns_one_watcher_that_looks_at_once(
     assert first.looks == second.looks == [0.0]
 
 
-async def test_when_no_connection_asks_for_a_look_the_watcher_parks_without_a_deadline(
-    clock: trio.testing.MockClock,
-) -> None:
-    watched = Scripted()  # registered, but asks for nothing
-    watcher = watch(watched)
+async def test_without_requests_the_looks_come_every_look_interval(clock: trio.testing.MockClock) -> None:
+    watched = Scripted()
+    watch(watched)
     await settle(clock)
-    assert watched.looks == [0.0] and len(watcher) == 1
-    assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
-    await settle(clock, 1000.0)
+    await settle(clock, LOOK_INTERVAL * 0.999)
     assert watched.looks == [0.0]
+    await settle(clock, LOOK_INTERVAL * 0.001)
+    assert watched.looks == [0.0, LOOK_INTERVAL]
 
 
 async def test_a_registration_wakes_a_sleeping_watcher_at_once(clock: trio.testing.MockClock) -> None:
-    far = Scripted(3600.0)
-    watch(far)
+    first = Scripted()
+    watch(first)
     await settle(clock)
-    await settle(clock, 1.0)
+    await settle(clock, LOOK_INTERVAL / 2)
     new = Scripted()
     watch(new)
     await settle(clock)
-    assert new.looks == [1.0]
-    assert far.looks == [0.0, 1.0]  # everyone is looked at when it wakes
-    assert trio.lowlevel.current_statistics().seconds_to_next_deadline == pytest.approx(3600.0)
+    assert new.looks == [LOOK_INTERVAL / 2]
+    assert first.looks == [0.0, LOOK_INTERVAL / 2]  # everyone is looked at when it wakes
+    assert trio.lowlevel.current_statistics().seconds_to_next_deadline == pytest.approx(LOOK_INTERVAL)
 
 
 async def test_the_next_look_is_the_earliest_any_connection_asks_for(clock: trio.testing.MockClock) -> None:
@@ -94,7 +103,7 @@ async def test_the_next_look_is_the_earliest_any_connection_asks_for(clock: trio
     assert soon.looks == later.looks == never.looks == [0.0, 1.0]  # everyone is looked at
 
 
-async def test_an_unregistered_connection_is_not_looked_at_and_an_empty_watcher_parks(
+async def test_an_unregistered_connection_is_not_looked_at_and_an_empty_watcher_ends(
     clock: trio.testing.MockClock,
 ) -> None:
     watched = Scripted(1.0)
@@ -103,13 +112,15 @@ async def test_an_unregistered_connection_is_not_looked_at_and_an_empty_watcher_
     watcher.discard(watched)
     watcher.discard(watched)  # unknown: nothing happens
     assert len(watcher) == 0
-    await settle(clock, 1.0)  # the look it had asked for finds nobody: the watcher parks
-    assert watched.looks == [0.0]
+    await settle(clock)  # the last one leaving woke it: it ends, leaving no task and no deadline
+    assert watcher_tasks() == 0
     assert trio.lowlevel.current_statistics().seconds_to_next_deadline == math.inf
+    await settle(clock, 1.0)
+    assert watched.looks == [0.0]
     again = Scripted()
-    watch(again)  # wakes it: looked at without waiting for any deadline
+    assert watch(again) is watcher  # a new task for the same watcher, looking at once
     await settle(clock)
-    assert again.looks == [1.0]
+    assert again.looks == [1.0] and watcher_tasks() == 1
 
 
 async def test_a_look_that_raises_is_logged_and_dropped_and_the_run_carries_on(

@@ -16,19 +16,16 @@ role moves between them:
     comparison (``WebSocket.send`` sets ``departure_sent`` to ``departures``); a later one calls
     ``handler_sent``, the second notes the time, and the first send at least ``takeover_delay``
     after that one makes the pump the reader; or
-  - by the run's *watcher* (``_watcher.py``, one system task per trio run), which looks at the
-    connection when it is accepted: a handler away from ``receive()`` then is looked at again
-    ``takeover_delay`` later, and if it has not been back in between, the pump becomes the
-    reader.  A connection whose handler is found in ``receive()`` leaves the watcher for good.
+  - by the run's *watcher* (``_watcher.py``, one system task per trio run), which looks at every
+    accepted connection when it is accepted and then every ``LOOK_INTERVAL`` (2) seconds: a
+    handler found away from ``receive()`` is looked at again ``takeover_delay`` later, and if it
+    has not been back in between, the pump becomes the reader.
   The reader moves messages into a bounded trio memory channel (created at the first takeover).
   So **a handler that sends** at least every ``s`` seconds without receiving has a reader within
-  ``takeover_delay + 2 * s`` of leaving ``receive()`` (or of the accept), and **a handler that
-  neither receives nor sends after the accept** within ``takeover_delay`` of it; from then on it
-  learns of a disconnect as soon as the server delivers it.  Not covered: a handler that has
-  received, then stays away without sending twice (it awaits something else); it learns of the
-  disconnect at its next ``receive()``, or ``takeover_delay`` after its second send.  Covering it
-  would take a timer per connection or a periodic look at every connection, and either costs
-  every message on sparse traffic (see ``_watcher.py``).
+  ``takeover_delay + 2 * s`` of leaving ``receive()`` (or of the accept); **any handler** within
+  ``LOOK_INTERVAL + takeover_delay`` (2.05 s by default) of leaving ``receive()``, and within
+  ``takeover_delay`` of the accept if it never received.  From then on it learns of a
+  disconnect, or of a flood (1008, below), as soon as the server delivers it.
 * **The handler takes the role back.**  When the handler calls ``receive()`` while the pump is
   the reader, it first drains what the pump buffered (in order), then cancels the reader's
   pending ``receive()`` and waits for the reader's ``_HANDOVER`` marker, after which it reads
@@ -181,8 +178,7 @@ class ReceivePump:
         self._looked_at = 0.0
         self._timed_departure = -1  # the departure whose sends handler_sent() is timing
         self._sending_since = 0.0
-        # The block's nursery from attach(); live from start() to stop(); watched from start()
-        # until the watcher finds the handler in receive() or the pump reading.
+        # The block's nursery from attach(); live, and watched, from start() to stop().
         self._nursery: trio.Nursery | None = None
         self._path: object = None
         self._live = False
@@ -262,11 +258,10 @@ class ReceivePump:
         """The watcher's look: take over if the handler stayed away since the previous one.
 
         Returns when the next look is wanted: ``takeover_delay`` after the look that found the
-        handler away.  A handler in ``receive()``, or one the pump reads for already, needs no
-        more looks: the connection leaves the watcher (``math.inf``).
+        handler newly away, ``math.inf`` (the watcher's period) when it is in ``receive()`` or
+        the pump reads for it already.
         """
         if self._handler_in_receive() or self.relaying:
-            self._unwatch()
             return math.inf
         if self._looked_at_departure != self.departures:
             self._looked_at_departure = self.departures
@@ -280,7 +275,6 @@ class ReceivePump:
         """Become the reader: start a reader task in the block's nursery."""
         nursery = self._nursery
         assert nursery is not None  # only called while live
-        self._unwatch()
         if self._channel is None:
             self._channel = trio.open_memory_channel[Message](self._max_messages + _CONTROL_SLOTS)
         self._read_scope = trio.CancelScope()

@@ -1,53 +1,56 @@
-"""The watcher: one task per trio run that looks at newly accepted structured connections.
+"""The watcher: one task per trio run that looks at the structured connections, so they need none.
 
 Theory of operation
 -------------------
 A structured connection (``async with websocket:``, see ``_pump.py``) needs a reader for the
-server's ``receive()`` while its handler stays away from ``receive()``, or a handler that only
-sends would never learn that its client left.  A handler that keeps sending is caught by its own
-sends (``ReceivePump.handler_sent``); what is left is the handler that, once accepted, neither
-receives nor sends (it awaits something else first).  Rather than a task and a timer per
-connection for that, each trio run has one watcher: a system task
-(``trio.lowlevel.spawn_system_task``), kept in a ``trio.lowlevel.RunVar`` so that separate
-``trio.run`` calls never share one.  It is spawned by the first ``watch()``, and
+server's ``receive()`` while its handler stays away from ``receive()``: a handler that only sends
+must learn that its client left, and a client that floods a handler which stopped reading must be
+told (1008).  A handler that keeps sending is caught by its own sends
+(``ReceivePump.handler_sent``); for the others, rather than a task and a timer per connection,
+each trio run has one watcher: a system task (``trio.lowlevel.spawn_system_task``), kept in a
+``trio.lowlevel.RunVar`` so that separate ``trio.run`` calls never share one.  Its task is spawned by
+a registration when none runs, and
 
-- **sleeps without a deadline** (on a ``trio.Event``) while no connection is registered, so a run
-  with no connection to look at pays nothing, not even a deadline in trio's timer heap;
-- otherwise **looks** at every registered connection (``Watched.look``) and sleeps until the
-  earliest time any of them asks to be looked at again.
+- **looks** at every registered connection (``Watched.look``) and sleeps until the earliest time
+  any of them asks to be looked at again, and at most ``LOOK_INTERVAL`` seconds; a registration
+  wakes it at once;
+- **ends** as soon as no connection is registered (the last one to leave wakes it), so a run
+  with no structured connection has no watcher task, no deadline in trio's timer heap, nothing.
 
-A connection registers when it is accepted.  The watcher looks at once: a handler away from
-``receive()`` asks for another look ``takeover_delay`` seconds later, and if it has not been back
-in between, the connection starts its reader task in its own block's nursery.  A connection whose
-handler is found waiting in ``receive()``, or that has its reader, unregisters: from then on its
-handler leaving ``receive()`` costs a counter increment and wakes nothing, however sparse the
-traffic.
+A connection registers when it is accepted.  A look that finds its handler away from
+``receive()`` asks for another ``takeover_delay`` seconds later, and if the handler has not been
+back in between, the connection starts its reader task in its own block's nursery.  So a handler
+leaving ``receive()`` costs its connection a counter increment, and no task wakes per message:
+the watcher wakes every ``LOOK_INTERVAL`` seconds for the whole process.  A handler that neither
+receives nor sends has a reader within ``LOOK_INTERVAL + takeover_delay`` of leaving
+``receive()``, or within ``takeover_delay`` of the accept.
 
-Why not look at every connection periodically, so that a handler that has received, then stays
-away without sending, is caught too?  Measured here (bench/instructions.py, sparse pattern: one
-message every 60 ms): a watcher that merely keeps a deadline in trio's timer heap makes every
-message about 1,200 instructions dearer (each pass of the run loop checks the heap), and each
-timed wake-up costs about 120,000 instructions, as much as an echoed message; a look every 10 s
-put the structured mode above Starlette's cost per message, where the issue wants it below.
+What the period costs (bench/instructions.py, sparse pattern, one connection with a message
+every 60 ms, measured here): each timed wake-up about 120,000 instructions, as much as an echoed
+message, and a pending deadline in trio's timer heap about 1,000 to 2,000 more per message (every
+pass of the run loop checks the heap).  ``LOOK_INTERVAL`` is a trade between that and how soon
+an idle handler's client is noticed; the integration tests expect a flooded, non-reading handler
+to be closed with 1008 within 5 seconds.
 
-Ownership and failure: a connection also unregisters when its block ends (cancelled or not) or
-sees the client go, so the watcher never holds a finished connection.  ``look`` is plain attribute
+Ownership and failure: a connection unregisters when its block ends (cancelled or not) or sees
+the client go, so the watcher never holds a finished connection.  ``look`` is plain attribute
 work and does not raise; should it ever (a bug), the error is logged on the ``trio_asgi_ws``
 logger and that connection dropped, because a system task that raised would crash the whole run
-with ``TrioInternalError``.  The watcher's only awaits are an ``Event.wait`` and a
-``trio.sleep_until``, both cancelled when the run ends (system tasks are cancelled after the main
-task returns).
+with ``TrioInternalError``.  The watcher's only await is a sleep in a cancel scope, cancelled
+when the run ends (system tasks are cancelled after the main task returns).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from typing import Protocol
+from typing import Final, Protocol
 
 import trio
 
-__all__ = ["Watched", "Watcher", "watch"]
+__all__ = ["LOOK_INTERVAL", "Watched", "Watcher", "watch"]
+
+LOOK_INTERVAL: Final = 2.0
+"""Seconds between the watcher's looks at connections that ask for none sooner (see above)."""
 
 _logger = logging.getLogger("trio_asgi_ws")
 
@@ -56,7 +59,7 @@ class Watched(Protocol):
     """What the watcher asks of a registered connection (``ReceivePump``)."""
 
     def look(self, now: float) -> float:
-        """Look at the handler; the time it wants its next look (``math.inf``: none).
+        """Look at the handler; the time it wants its next look (``math.inf``: none in particular).
 
         May unregister itself.  Must not raise and must not wait: it runs in the watcher's system
         task."""
@@ -66,60 +69,66 @@ class Watched(Protocol):
 class Watcher:
     """The registered connections of one trio run, and the task that looks at them."""
 
-    __slots__ = ("_sleep", "_wakeup", "_watched")
+    __slots__ = ("_running", "_sleep", "_watched")
 
     def __init__(self) -> None:
         self._watched: set[Watched] = set()
-        self._wakeup = trio.Event()
-        """Set while the watcher has connections to look at, or is being woken for the first one."""
+        self._running = False
+        """Whether the watcher's task runs: from the first registration until none is left."""
         self._sleep: trio.CancelScope | None = None
         """The watcher's sleep until its next look, while it sleeps."""
 
     def add(self, watched: Watched) -> None:
-        """Register ``watched`` and wake the watcher, which looks at it at its next step."""
+        """Register ``watched``; the watcher looks at it at its next step (started, or woken)."""
         self._watched.add(watched)
-        self._wakeup.set()
-        if self._sleep is not None:
+        if not self._running:
+            self._running = True
+            trio.lowlevel.spawn_system_task(self.run, name="trio_asgi_ws watcher")
+        elif self._sleep is not None:
             self._sleep.cancel()
 
     def discard(self, watched: Watched) -> None:
-        """Unregister ``watched`` (nothing if it is not registered); it is never looked at again."""
+        """Unregister ``watched`` (nothing if it is not registered); it is never looked at again.
+
+        The last one to leave wakes the watcher, which then ends.
+        """
         self._watched.discard(watched)
+        if not self._watched and self._sleep is not None:
+            self._sleep.cancel()
 
     def __len__(self) -> int:
         return len(self._watched)
 
     async def run(self) -> None:
-        """Look, sleep until the next look is due, repeat; park while none is due."""
+        """Look, sleep until the next look is due, repeat; end when nothing is registered."""
         clock = trio.lowlevel.current_clock()
-        while True:
-            await self._wakeup.wait()
-            now = clock.current_time()
-            next_look = math.inf
-            for watched in list(self._watched):  # a look may unregister its connection
-                try:
-                    next_look = min(next_look, watched.look(now))
-                except Exception:  # a bug: the run must not die of it (TrioInternalError)
-                    self._watched.discard(watched)
-                    _logger.exception("watcher: a look failed; the connection is no longer watched")
-            if next_look < math.inf:
+        try:
+            while self._watched:
+                now = clock.current_time()
+                next_look = now + LOOK_INTERVAL
+                for watched in list(self._watched):  # a look may unregister its connection
+                    try:
+                        next_look = min(next_look, watched.look(now))
+                    except Exception:  # a bug: the run must not die of it (TrioInternalError)
+                        self._watched.discard(watched)
+                        _logger.exception("watcher: a look failed; the connection is no longer watched")
                 with trio.CancelScope(deadline=next_look) as self._sleep:
                     await trio.sleep_forever()
                 self._sleep = None
-            else:  # nothing registered asks for a look: wait for the next registration
-                self._wakeup = trio.Event()
+        finally:
+            self._running = False
+            self._sleep = None
 
 
 _WATCHER: trio.lowlevel.RunVar[Watcher] = trio.lowlevel.RunVar("trio_asgi_ws.watcher")
 
 
 def watch(watched: Watched) -> Watcher:
-    """Register ``watched`` with this run's watcher, spawning the watcher on first use."""
+    """Register ``watched`` with this run's watcher (its task starts when it has work)."""
     try:
         watcher = _WATCHER.get()
     except LookupError:
         watcher = Watcher()
         _WATCHER.set(watcher)
-        trio.lowlevel.spawn_system_task(watcher.run, name="trio_asgi_ws watcher")
     watcher.add(watched)
     return watcher
