@@ -69,6 +69,10 @@ async def ticker(websocket: WebSocket) -> None:
         raise
 
 
+def _name(error: BaseException) -> str:
+    return f"{type(error).__module__}.{type(error).__name__}"
+
+
 async def catches(websocket: WebSocket) -> None:
     """An echo ported from Starlette: it catches Starlette's WebSocketDisconnect."""
     hub: Broadcast = websocket.state.hub
@@ -80,7 +84,7 @@ async def catches(websocket: WebSocket) -> None:
     except starlette.websockets.WebSocketDisconnect:
         await report(hub, route="catches", clause="except starlette WebSocketDisconnect")
     except BaseException as error:
-        await report(hub, route="catches", clause=f"passing through: {type(error).__module__}.{type(error).__name__}")
+        await report(hub, route="catches", clause=f"passing through: {_name(error)}")
         raise
     finally:
         await report(hub, route="catches", clause="finally")
@@ -101,11 +105,11 @@ async def fails(websocket: WebSocket) -> None:
 async def describe(websocket: WebSocket) -> None:
     """Say what the handler got, then echo."""
     await websocket.accept()
-    cls = type(websocket)
+    cls, params = type(websocket), websocket.path_params
     await websocket.send_json(
         {
             "class": f"{cls.__module__}.{cls.__qualname__}",
-            "path_params": {key: [value, type(value).__name__] for key, value in websocket.path_params.items()},
+            "path_params": {key: [value, type(value).__name__] for key, value in params.items()},
             "query": dict(websocket.query_params),
             "hub": type(websocket.state.hub).__name__,
         }
@@ -220,7 +224,7 @@ async def fastapi_catches(websocket: WebSocket) -> None:
     except fastapi.WebSocketDisconnect:
         await report(hub, route="catches", clause="except fastapi WebSocketDisconnect")
     except BaseException as error:
-        await report(hub, route="catches", clause=f"passing through: {type(error).__module__}.{type(error).__name__}")
+        await report(hub, route="catches", clause=f"passing through: {_name(error)}")
         raise
     finally:
         await report(hub, route="catches", clause="finally")

@@ -29,6 +29,12 @@ class CliServer:
     port: int
     process: trio.Process = field(repr=False)
     log: list[str] = field(default_factory=list)
+    _grew: trio.Event = field(default_factory=trio.Event, repr=False)
+
+    def add(self, lines: list[str]) -> None:
+        self.log.extend(lines)
+        self._grew.set()
+        self._grew = trio.Event()
 
     def url(self, path: str) -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
@@ -40,20 +46,20 @@ class CliServer:
         assert not self.errors(), "\n".join(self.log)
 
     async def wait_for_log(self, text: str) -> list[str]:
-        """The log lines containing ``text``, once there is one (polls the collected log)."""
+        """The log lines containing ``text``, once there is one."""
         with trio.fail_after(DEADLINE):
             while not (found := [line for line in self.log if text in line]):
-                await trio.sleep(0.01)
+                await self._grew.wait()
         return found
 
 
-async def _collect(process: trio.Process, log: list[str]) -> None:
+async def _collect(process: trio.Process, server: CliServer) -> None:
     assert process.stderr is not None
     buffer = b""
     while chunk := await process.stderr.receive_some():
         buffer += chunk
         *complete, buffer = buffer.split(b"\n")
-        log.extend(line.decode(errors="replace") for line in complete)
+        server.add([line.decode(errors="replace") for line in complete])
 
 
 @asynccontextmanager
@@ -67,7 +73,7 @@ async def cli_server(target: str) -> AsyncIterator[CliServer]:
     server = CliServer(port, process, list(lines))
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_collect, process, server.log)
+            nursery.start_soon(_collect, process, server)
             try:
                 yield server
             finally:

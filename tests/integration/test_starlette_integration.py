@@ -149,14 +149,16 @@ async def test_origin_policy_is_the_routers(path: str, origin: str, status: int)
                     async with open_client(server.url(path), extra_headers=headers):
                         pass
                 assert info.value.status_code == 403
-                await server.wait_for_log("Rejected WebSocket /describe/a/1 from origin 'https://evil.example'")
+                await server.wait_for_log(
+                    "Rejected WebSocket /describe/a/1 from origin 'https://evil.example'"
+                )
             else:
                 async with open_client(server.url(path), extra_headers=headers) as ws:
                     assert json.loads(await ws.get_message())["class"] == "trio_asgi_ws.websockets.WebSocket"
 
 
 def test_route_refuses_starlettes_own_endpoint_class_and_non_callables() -> None:
-    with pytest.raises(TypeError, match="trio_asgi_ws.endpoints.WebSocketEndpoint"):
+    with pytest.raises(TypeError, match=r"trio_asgi_ws\.endpoints\.WebSocketEndpoint"):
         WebSocketRoute("/x", starlette.endpoints.WebSocketEndpoint)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="async function"):
         WebSocketRoute("/x", "not a function")  # type: ignore[arg-type]
