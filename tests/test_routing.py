@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import math
 import re
@@ -10,13 +11,20 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import starlette.applications as starlette_applications
+import starlette.endpoints as starlette_endpoints
+import starlette.requests as starlette_requests
+import starlette.responses as starlette_responses
+import starlette.routing as starlette_routing
 import trio
 
 from tests.driver import serve_app, websocket_scope
 from trio_asgi_ws import WebSocket, WebSocketDisconnect, WebSocketException
 from trio_asgi_ws._types import Message, Receive, Scope, Send
+from trio_asgi_ws.datastructures import URL, URLPath
 from trio_asgi_ws.endpoints import WebSocketEndpoint
 from trio_asgi_ws.routing import CONVERTORS, Convertor, NoMatchFound, Router, WebSocketRoute, compile_path
 from trio_asgi_ws.testing import WebSocketDenied, connect, run_lifespan
@@ -205,6 +213,60 @@ async def test_http_requests_go_to_the_default_app_as_they_came() -> None:
     assert [m.get("status", m.get("body")) for m in sent] == [200, b"/page hello"]
 
 
+async def test_http_requests_passed_to_the_default_app_carry_no_router_of_ours() -> None:
+    scopes: list[Scope] = []
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        scopes.append(dict(scope))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def ignore(message: Message) -> None:
+        pass
+
+    async def request() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    app = Router(default=default)
+    outer = Router()
+    await app({"type": "http", "path": "/", "headers": []}, request, ignore)
+    await app({"type": "http", "path": "/", "headers": [], "router": outer}, request, ignore)
+    assert ["router" in scopes[0], scopes[1]["router"]] == [False, outer]
+
+
+async def test_a_starlette_app_as_the_default_finds_its_own_routes_with_url_for() -> None:
+    async def page(request: starlette_requests.Request) -> starlette_responses.Response:
+        return starlette_responses.PlainTextResponse(str(request.url_for("page", name="x")))
+
+    site = starlette_applications.Starlette(
+        routes=[starlette_routing.Route("/page/{name}", page, name="page")]
+    )
+    sent: list[Message] = []
+
+    async def capture(message: Message) -> None:
+        sent.append(message)
+
+    async def request() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/page/y",
+        "raw_path": b"/page/y",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"example.org")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("example.org", 80),
+    }
+    await Router(default=site)(scope, request, capture)
+    assert [m.get("status", m.get("body")) for m in sent] == [200, b"http://example.org/page/x"]
+
+
 # -- url_path_for ---------------------------------------------------------------------------------
 
 UID = uuid.UUID("12345678-1234-5678-1234-567812345678")
@@ -271,6 +333,71 @@ def test_a_route_names_the_name_it_was_asked_for_when_it_does_not_match() -> Non
         route.url_path_for("lobby", room="x")
 
 
+def test_url_path_for_gives_a_websocket_urlpath_that_makes_absolute_urls() -> None:
+    path = make_router().url_path_for("chat", room="lobby")
+    assert isinstance(path, URLPath) and isinstance(path, str)
+    assert (str(path), repr(path), path.protocol, path.host) == (
+        "/chat/lobby",
+        "'/chat/lobby'",
+        "websocket",
+        "",
+    )
+    assert path.make_absolute_url("http://example.org/api/") == URL("ws://example.org/api/chat/lobby")
+    assert path.make_absolute_url(URL("https://example.org:8443")) == URL("wss://example.org:8443/chat/lobby")
+    route_path = WebSocketRoute("/chat/{room}", chat, name="chat").url_path_for("chat", room="x")
+    assert isinstance(route_path, URLPath) and route_path.protocol == "websocket"
+
+
+# (route, parameter value, path Starlette 1.10 builds: the same here)
+SCHEME_RELATIVE = [
+    ("/{rest:path}", "/example.org/a", "/%2Fexample.org/a"),
+    ("/{rest:path}", "\\example.org/a", "/%5Cexample.org/a"),
+    ("/{rest:path}", "/\\example.org", "/%2F%5Cexample.org"),
+    ("/{rest:path}", "//example.org", "/%2F/example.org"),
+    ("/{room}", "\\example.org", "/%5Cexample.org"),
+    ("/files/{rest:path}", "/example.org/a", "/files//example.org/a"),  # not at the start: a path
+    ("/files/{rest:path}", "a\\b", "/files/a%5Cb"),
+]
+
+
+@pytest.mark.parametrize(("route_path", "value", "expected"), SCHEME_RELATIVE)
+def test_url_path_for_escapes_parameters_that_would_make_a_scheme_relative_url(
+    route_path: str, value: str, expected: str
+) -> None:
+    route = WebSocketRoute(route_path, chat, name="r")
+    [param] = route.convertors
+    ours = route.url_path_for("r", **{param: value})
+    starlettes = starlette_routing.WebSocketRoute(route_path, chat, name="r").url_path_for(
+        "r", **{param: value}
+    )
+    assert (ours, starlettes) == (expected, expected)
+    assert not urlsplit(ours).netloc and not ours.startswith("//")
+    assert ours.make_absolute_url("http://testserver/") == URL(f"ws://testserver{expected}")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("\t/example.org", "/%09/example.org"), ("\n/example.org", "/%0A/example.org"), ("\r/x", "/%0D/x")],
+)
+def test_url_path_for_escapes_the_tabs_and_newlines_browsers_drop(value: str, expected: str) -> None:
+    # A browser deletes these anywhere in a URL, so "/\t/example.org" would be "//example.org"
+    # to it. Starlette 1.10 leaves them as they are.
+    assert WebSocketRoute("/{rest:path}", chat, name="r").url_path_for("r", rest=value) == expected
+
+
+@pytest.mark.parametrize("value", ["/example.org/a", "\\example.org/a", "\t/x", "a b/c"])
+async def test_an_escaped_path_still_reaches_its_route_with_the_original_value(value: str) -> None:
+    app = Router([WebSocketRoute("/{rest:path}", report_params, name="r")])
+    async with connect(app, str(app.url_path_for("r", rest=value))) as ws:
+        assert await ws.receive_json() == {"rest": repr(value)}
+
+
+def test_urlpath_rejects_an_unknown_protocol() -> None:
+    message = "protocol must be 'http', 'websocket' or '', got 'ftp'"
+    with pytest.raises(ValueError, match=exactly(message)):
+        URLPath("/", protocol="ftp")  # type: ignore[arg-type]
+
+
 # -- routes ---------------------------------------------------------------------------------------
 
 
@@ -291,10 +418,10 @@ def test_bad_route_paths_are_rejected_with_a_clear_error(path: str, message: str
         compile_path(path)
 
 
-def test_endpoints_must_be_functions_or_endpoint_classes() -> None:
-    message = "endpoint must be an async function or a WebSocketEndpoint, got <class 'int'>"
+def test_endpoints_must_be_callable() -> None:
+    message = "endpoint must be an async function, a WebSocketEndpoint or an ASGI app, got 42"
     with pytest.raises(TypeError, match=exactly(message)):
-        WebSocketRoute("/", int)  # type: ignore[arg-type]
+        WebSocketRoute("/", 42)  # type: ignore[arg-type]
 
 
 async def chat(ws: WebSocket) -> None:
@@ -319,7 +446,7 @@ HANDLER = CallableHandler()
         (chat, None, "chat"),
         (chat, "lobby", "lobby"),
         (ChatEndpoint, None, "ChatEndpoint"),
-        (HANDLER, None, "/rooms/{room}"),  # nothing to name it after but its path
+        (HANDLER, None, "CallableHandler"),  # an instance: after its class, as in Starlette
     ],
 )
 def test_a_route_is_named_after_its_endpoint_unless_named_explicitly(
@@ -328,6 +455,7 @@ def test_a_route_is_named_after_its_endpoint_unless_named_explicitly(
     route = WebSocketRoute("/rooms/{room}", endpoint, name=name)
     assert (route.path, route.endpoint, route.name) == ("/rooms/{room}", endpoint, expected)
     assert Router([route]).url_path_for(expected, room="a") == "/rooms/a"
+    assert starlette_routing.WebSocketRoute("/rooms/{room}", endpoint, name=name).name == expected
 
 
 async def test_the_decorator_form_registers_a_route_with_its_options() -> None:
@@ -367,6 +495,188 @@ async def test_a_class_endpoint_gets_the_connection_s_scope_receive_and_send() -
     async with connect(Router([WebSocketRoute("/", Probe)])):
         pass
     assert seen == [True]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "name", "expected"),
+    [
+        (chat, None, "WebSocketRoute(path='/rooms/{room}', name='chat')"),
+        (chat, "it's", "WebSocketRoute(path='/rooms/{room}', name=\"it's\")"),
+        (HANDLER, None, "WebSocketRoute(path='/rooms/{room}', name='CallableHandler')"),
+    ],
+)
+def test_a_route_s_repr_is_starlette_s(endpoint: Any, name: str | None, expected: str) -> None:
+    assert repr(WebSocketRoute("/rooms/{room}", endpoint, name=name)) == expected
+    assert repr(starlette_routing.WebSocketRoute("/rooms/{room}", endpoint, name=name)) == expected
+
+
+def test_a_route_subclass_s_repr_names_the_subclass() -> None:
+    class ChatRoute(WebSocketRoute):
+        pass
+
+    assert repr(ChatRoute("/", chat)) == "ChatRoute(path='/', name='chat')"
+
+
+# -- a route alone is an ASGI app ---------------------------------------------------------------
+
+
+async def test_a_route_alone_serves_a_matching_websocket_with_its_parameters() -> None:
+    route = WebSocketRoute("/chat/{room}/message/{id:int}", report_params)
+    async with connect(route, "/chat/lobby/message/3") as ws:
+        assert await ws.receive_json() == {"room": "'lobby'", "id": "3"}
+
+
+@pytest.mark.parametrize("path", ["/chat", "/chat/a/b", "/elsewhere"])
+async def test_a_route_alone_rejects_a_websocket_it_does_not_match(path: str) -> None:
+    with pytest.raises(WebSocketDisconnect) as info:
+        async with connect(WebSocketRoute("/chat/{room}", report_params), path):
+            pass
+    assert (info.value.code, info.value.reason) == (1000, "")  # HTTP 403 under a server
+
+
+async def test_a_route_alone_applies_its_origin_policy_same_origin_by_default() -> None:
+    evil = {"origin": "https://evil.example"}
+    with pytest.raises(WebSocketDisconnect):
+        async with connect(WebSocketRoute("/", chat), headers=evil):
+            pass
+    async with connect(WebSocketRoute("/", chat), headers={"origin": "http://testserver"}):
+        pass
+    async with connect(WebSocketRoute("/", chat, allowed_origins=["https://evil.example"]), headers=evil):
+        pass
+
+
+async def test_a_route_alone_answers_http_with_404_and_runs_an_empty_lifespan() -> None:
+    sent: list[Message] = []
+
+    async def capture(message: Message) -> None:
+        sent.append(message)
+
+    async def request() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    route = WebSocketRoute("/", chat)
+    await route({"type": "http", "path": "/", "headers": []}, request, capture)
+    assert [m.get("status", m.get("body")) for m in sent] == [404, b"Not Found"]
+    async with run_lifespan(route) as state:
+        assert state == {}
+
+
+async def test_a_route_alone_sets_no_router_in_the_scope() -> None:
+    seen: list[bool] = []
+
+    async def look(ws: WebSocket) -> None:
+        seen.append("router" in ws.scope)
+        await ws.accept()
+
+    async with connect(WebSocketRoute("/", look)):
+        pass
+    assert seen == [False]
+
+
+# -- ASGI apps as endpoints -------------------------------------------------------------------
+
+
+class RawEcho:
+    """A raw ASGI app (an instance taking scope, receive, send) that echoes one message."""
+
+    def __init__(self) -> None:
+        self.scopes: list[Scope] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scopes.append(scope)
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        await send({"type": "websocket.send", "text": f"{scope['path_params']['room']}: {message['text']}"})
+        await send({"type": "websocket.close", "code": 4000, "reason": "done"})
+
+
+async def test_an_asgi_app_instance_is_called_with_scope_receive_and_send() -> None:
+    endpoint = RawEcho()
+    app = Router([WebSocketRoute("/chat/{room}", endpoint)])
+    async with connect(app, "/chat/lobby") as ws:
+        await ws.send_text("hi")
+        assert await ws.receive_text() == "lobby: hi"
+        with pytest.raises(WebSocketDisconnect) as info:
+            await ws.receive_text()
+        assert (info.value.code, info.value.reason) == (4000, "done")
+    [scope] = endpoint.scopes
+    assert scope["path_params"] == {"room": "lobby"} and scope["router"] is app
+    assert app.routes[0].name == "RawEcho"  # named after its class, as in Starlette
+
+
+class StarletteEcho(starlette_endpoints.WebSocketEndpoint):
+    encoding = "text"
+
+    async def on_receive(self, websocket: Any, data: Any) -> None:
+        await websocket.send_text(f"starlette: {data}")
+
+
+async def test_an_asgi_app_class_such_as_starlette_s_websocket_endpoint_is_accepted() -> None:
+    app = Router([WebSocketRoute("/", StarletteEcho)])
+    async with connect(app) as ws:
+        await ws.send_text("hi")
+        assert await ws.receive_text() == "starlette: hi"
+
+
+async def test_an_asgi_endpoint_that_returns_without_closing_is_closed_for_it() -> None:
+    async def accept_only(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    class AcceptOnly:
+        __call__ = staticmethod(accept_only)
+
+    async with connect(Router([WebSocketRoute("/", AcceptOnly())])) as ws:
+        with pytest.raises(WebSocketDisconnect) as info:
+            await ws.receive_text()
+        assert info.value.code == 1000
+
+
+async def test_an_asgi_endpoint_crash_closes_1011_and_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Crash:
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await receive()
+            await send({"type": "websocket.accept"})
+            raise ValueError("bad state")
+
+    with caplog.at_level(logging.ERROR, logger="trio_asgi_ws"):
+        async with connect(Router([WebSocketRoute("/rooms/{room}", Crash(), name="room")]), "/rooms/7") as ws:
+            with pytest.raises(WebSocketDisconnect) as info:
+                await ws.receive_text()
+    assert info.value.code == 1011
+    [(level, message)] = router_logs(caplog)
+    assert level == logging.ERROR
+    assert message.startswith("Error in WebSocket endpoint room for /rooms/7\n")
+    assert message.endswith("\nValueError: bad state\n")
+
+
+async def test_functions_methods_partials_and_one_argument_callables_get_the_websocket() -> None:
+    async def greet(greeting: str, ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text(f"{greeting} {type(ws).__name__}")
+
+    class Greeter:
+        async def greet(self, ws: WebSocket) -> None:
+            await greet("method", ws)
+
+        async def __call__(self, ws: WebSocket) -> None:
+            await greet("instance", ws)
+
+    async def variadic(ws: WebSocket, *greetings: str) -> None:  # could take three arguments
+        await greet(" ".join(greetings), ws)
+
+    endpoints: list[Any] = [
+        functools.partial(greet, "partial"),
+        Greeter().greet,
+        Greeter(),
+        functools.partial(variadic),  # a function, so called with the WebSocket, as in Starlette
+    ]
+    for endpoint, expected in zip(endpoints, ["partial", "method", "instance", ""], strict=True):
+        async with connect(Router([WebSocketRoute("/", endpoint, name="x")])) as ws:
+            assert await ws.receive_text() == f"{expected} WebSocket"
 
 
 # -- structured by default, with an opt-out ----------------------------------------------------
@@ -670,10 +980,7 @@ async def test_the_lifespan_is_given_the_app_the_scope_names() -> None:
     assert [m["type"] for m in server.sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 
-@pytest.mark.parametrize("phase", ["startup", "shutdown"])
-async def test_a_failing_lifespan_reports_the_phase_with_its_traceback(
-    phase: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def failing_lifespan(phase: str) -> Any:
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         if phase == "startup":
@@ -681,22 +988,46 @@ async def test_a_failing_lifespan_reports_the_phase_with_its_traceback(
         yield None
         raise RuntimeError("no database")
 
+    return lifespan
+
+
+@pytest.mark.parametrize("phase", ["startup", "shutdown"])
+async def test_a_failing_lifespan_reports_the_phase_with_its_traceback_then_raises(
+    phase: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Raising after the report is what makes a server (or Starlette's TestClient, which after a
+    # failed startup waits for the app to end and re-raises its error) stop instead of carrying on.
     server = LifespanServer()
-    with caplog.at_level(logging.ERROR, logger="trio_asgi_ws"):
-        await Router(lifespan=lifespan)({"type": "lifespan", "state": {}}, server.receive, server.send)
+    app = Router(lifespan=failing_lifespan(phase))
+    no_database = pytest.raises(RuntimeError, match=exactly("no database"))
+    with caplog.at_level(logging.DEBUG, logger="trio_asgi_ws"), no_database:
+        await app({"type": "lifespan", "state": {}}, server.receive, server.send)
     expected_types = (
-        [f"lifespan.{phase}.failed"]
+        ["lifespan.startup.failed"]
         if phase == "startup"
-        else [
-            "lifespan.startup.complete",
-            "lifespan.shutdown.failed",
-        ]
+        else ["lifespan.startup.complete", "lifespan.shutdown.failed"]
     )
     assert [m["type"] for m in server.sent] == expected_types
     text = server.sent[-1]["message"]
     assert text.startswith("Traceback (most recent call last):\n  File ")
     assert text.endswith("\nRuntimeError: no database\n")
-    assert router_logs(caplog) == [(logging.ERROR, f"Lifespan {phase} failed\n{text}")]
+    assert router_logs(caplog) == []  # the server reports it (serve() and the CLI: one record)
+
+
+@pytest.mark.parametrize("phase", ["startup", "shutdown"])
+async def test_a_failing_lifespan_sends_and_raises_what_starlette_s_router_does(phase: str) -> None:
+    outcomes = []
+    for app in (
+        Router(lifespan=failing_lifespan(phase)),
+        starlette_routing.Router(lifespan=failing_lifespan(phase)),
+    ):
+        server = LifespanServer()
+        with pytest.raises(RuntimeError) as info:
+            await app({"type": "lifespan", "state": {}}, server.receive, server.send)
+        messages = [(m["type"], m.get("message", "").splitlines()[-1:]) for m in server.sent]
+        outcomes.append((messages, repr(info.value)))
+    ours, starlettes = outcomes
+    assert ours == starlettes
 
 
 async def test_lifespan_state_goes_into_the_scope_s_state() -> None:
@@ -716,7 +1047,8 @@ async def test_lifespan_state_needs_server_support() -> None:
         yield {"x": 1}
 
     server = LifespanServer()
-    await Router(lifespan=lifespan)({"type": "lifespan"}, server.receive, server.send)
+    with pytest.raises(RuntimeError, match="does not support"):
+        await Router(lifespan=lifespan)({"type": "lifespan"}, server.receive, server.send)
     [failed] = server.sent
     assert failed["type"] == "lifespan.startup.failed"
     assert failed["message"].endswith(

@@ -7,7 +7,7 @@ import re
 import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
-from typing import Any, NamedTuple, SupportsIndex, overload
+from typing import Any, Literal, NamedTuple, SupportsIndex, overload
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from trio_asgi_ws._types import Scope
@@ -16,6 +16,8 @@ __all__ = ["URL", "Address", "Headers", "QueryParams", "State"]
 
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 _PATH_ESCAPES = str.maketrans({"?": "%3F", "#": "%23", "\\": "%5C"})
+# Browsers read "\" as "/" and drop tabs and newlines anywhere in a URL: escaped in built paths.
+_URL_PATH_ESCAPES = str.maketrans({"\\": "%5C", "\t": "%09", "\n": "%0A", "\r": "%0D"})
 # RFC 3986 reg-name: unreserved, percent-encoded and sub-delimiter characters.
 _REG_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "-._~%!$&'()*+,;=")
 _MISSING = object()
@@ -230,6 +232,48 @@ class URL(str):
     def __repr__(self) -> str:
         shown = self.replace(password="********") if self.password else self
         return f"{type(self).__name__}({str(shown)!r})"
+
+
+class URLPath(str):
+    """A path built by ``url_path_for``: a ``str`` that knows its protocol and can become a URL.
+
+    ``protocol`` is ``"websocket"``, ``"http"`` or ``""`` (keep the base URL's scheme); ``host``,
+    when set, replaces the base URL's host.  The path is made safe to use as a link: ``\\`` becomes
+    ``%5C`` (browsers read it as ``/``), a leading ``//`` becomes ``/%2F`` (``//host/...`` is a
+    scheme-relative URL, which a browser resolves to another host), and tabs and newlines, which
+    browsers drop, are percent-encoded too, so no path made here names a host.  An unknown
+    ``protocol`` raises ``ValueError``.
+    """
+
+    protocol: Literal["http", "websocket", ""]
+    host: str
+
+    def __new__(cls, path: str, protocol: Literal["http", "websocket", ""] = "", host: str = "") -> URLPath:
+        if protocol not in ("http", "websocket", ""):
+            raise ValueError(f"protocol must be 'http', 'websocket' or '', got {protocol!r}")
+        path = path.translate(_URL_PATH_ESCAPES)
+        if path.startswith("//"):
+            path = "/%2F" + path[2:]
+        self = super().__new__(cls, path)
+        self.protocol = protocol
+        self.host = host
+        return self
+
+    def make_absolute_url(self, base_url: str | object) -> URL:
+        """This path below ``base_url`` (a ``URL``, a string, or any URL whose ``str`` is one).
+
+        The scheme follows the protocol and whether the base is secure (``wss``/``ws`` for a
+        WebSocket route, ``https``/``http`` for HTTP); the base's own path is kept as a prefix.
+        """
+        base = base_url if isinstance(base_url, URL) else URL(str(base_url))
+        if self.protocol == "websocket":
+            scheme = "wss" if base.is_secure else "ws"
+        elif self.protocol == "http":
+            scheme = "https" if base.is_secure else "http"
+        else:
+            scheme = base.scheme
+        path = base.path.rstrip("/") + str(self)
+        return URL(scheme=scheme, netloc=self.host or base.netloc, path=path)
 
 
 _QuerySource = Mapping[Any, Any] | Iterable[tuple[Any, Any]] | str | bytes

@@ -13,6 +13,11 @@ it is the client's fault; any other exception closes with 1011 after accept or a
 before it, and is logged once, with its traceback, at ERROR on the ``trio_asgi_ws`` logger.
 Nothing is re-raised to the server, so it never sees an ``ExceptionGroup`` from us.
 
+Lifespan errors are the exception, as in Starlette: a failing startup or shutdown is sent to the
+server as ``lifespan.startup.failed``/``lifespan.shutdown.failed`` with its traceback and then
+re-raised, so that whatever runs the lifespan (``serve()``, a test client) reports it and, when
+startup failed, does not go on as if the app were ready.
+
 Origins: a browser sends ``Origin`` with every WebSocket handshake, and cookies with it, so a page
 on any site could open a socket to this app as its logged-in visitor (cross-site WebSocket
 hijacking).  By default the router admits requests without ``Origin`` (not browsers) and
@@ -22,6 +27,7 @@ rejected before accept with HTTP 403.  ``allowed_origins=[...]`` admits more, ``
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import re
@@ -29,11 +35,11 @@ import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 from ._types import ASGIApp, Receive, Scope, Send
-from .datastructures import Headers, split_root_path
+from .datastructures import Headers, URLPath, split_root_path
 from .endpoints import WebSocketEndpoint
 from .websockets import InvalidJSON, WebSocket, WebSocketClose, lifecycle
 
@@ -168,17 +174,57 @@ def _canonical_origin(origin: str) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
+def _is_websocket_function(endpoint: object) -> bool:
+    """Tell whether ``endpoint`` is called as ``endpoint(websocket)`` rather than as an ASGI app.
+
+    Functions and methods (also inside ``functools.partial``) are, as in Starlette, whatever
+    their signature.  Any other callable (a class, an instance) is an ASGI app, as in Starlette,
+    unless its signature takes one argument but could not take ``(scope, receive, send)``: such
+    an object was always called with the WebSocket here (Starlette would fail calling it).
+    """
+    while isinstance(endpoint, functools.partial):
+        endpoint = endpoint.func
+    if inspect.isfunction(endpoint) or inspect.ismethod(endpoint):
+        return True
+    try:
+        signature = inspect.signature(endpoint)  # type: ignore[arg-type]  # checked callable
+    except (TypeError, ValueError):  # no signature to read (some builtins): assume ASGI
+        return False
+    return _binds(signature, 1) and not _binds(signature, 3)
+
+
+def _binds(signature: inspect.Signature, count: int) -> bool:
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True
+
+
 class WebSocketRoute:
     """A WebSocket endpoint at a path such as ``/chat/{room}`` or ``/item/{id:int}``.
 
-    ``endpoint`` is ``async def endpoint(websocket)`` or a ``WebSocketEndpoint`` subclass.  With
-    ``structured=True`` (the default) the endpoint runs inside ``async with websocket:``.
+    ``endpoint`` is one of:
+
+    - ``async def endpoint(websocket)`` (also a method, a ``functools.partial`` of one, or an
+      object whose ``__call__`` takes just the WebSocket).  With ``structured=True`` (the
+      default) it runs inside ``async with websocket:``;
+    - a ``WebSocketEndpoint`` subclass, run the same way;
+    - any other callable is an ASGI app (a class such as Starlette's ``WebSocketEndpoint``, an
+      instance taking ``scope, receive, send``), as in Starlette.  It is called with the scope and
+      the ``receive``/``send`` of a plain-mode ``WebSocket`` (``structured`` does not apply:
+      it sees the connection as it would under Starlette), so the socket is still closed when
+      it returns and an exception it raises is handled like a function endpoint's.
+
+    Anything else raises ``TypeError``.  A route is itself an ASGI app (as in Starlette): called
+    directly it serves a matching WebSocket, rejects any other before accept (HTTP 403 under a
+    server), answers HTTP with 404, and answers the lifespan with nothing to run.
     """
 
     def __init__(
         self,
         path: str,
-        endpoint: Endpoint | type[WebSocketEndpoint],
+        endpoint: Endpoint | type[WebSocketEndpoint] | ASGIApp | type[Any],
         *,
         name: str | None = None,
         allowed_origins: Sequence[str | None] | None = None,
@@ -187,15 +233,20 @@ class WebSocketRoute:
     ) -> None:
         self._endpoint_class: type[WebSocketEndpoint] | None = None
         self._endpoint_function: Endpoint | None = None
+        self._endpoint_app: ASGIApp | None = None
         if inspect.isclass(endpoint) and issubclass(endpoint, WebSocketEndpoint):
             self._endpoint_class = endpoint
-        elif callable(endpoint) and not inspect.isclass(endpoint):
-            self._endpoint_function = endpoint
+        elif not callable(endpoint):
+            raise TypeError(
+                f"endpoint must be an async function, a WebSocketEndpoint or an ASGI app, got {endpoint!r}"
+            )
+        elif _is_websocket_function(endpoint):
+            self._endpoint_function = cast(Endpoint, endpoint)
         else:
-            raise TypeError(f"endpoint must be an async function or a WebSocketEndpoint, got {endpoint!r}")
+            self._endpoint_app = cast(ASGIApp, endpoint)
         self.path = path
         self.endpoint = endpoint
-        self.name = name if name is not None else getattr(endpoint, "__name__", path)
+        self.name = name if name is not None else getattr(endpoint, "__name__", type(endpoint).__name__)
         self.structured = structured
         self.websocket_options = dict(websocket_options or {})
         self.origins = OriginPolicy(allowed_origins) if allowed_origins is not None else None
@@ -208,20 +259,54 @@ class WebSocketRoute:
             return None
         return {key: self.convertors[key].convert(value) for key, value in found.groupdict().items()}
 
-    def url_path_for(self, name: str, /, **params: Any) -> str:
+    def url_path_for(self, name: str, /, **params: Any) -> URLPath:
+        """This route's path with ``params`` filled in, made safe to link to (see ``URLPath``).
+
+        Raises ``NoMatchFound`` unless ``name`` is this route's and ``params`` are exactly its
+        parameters, and ``ValueError`` for a value its convertor cannot write (a ``/`` outside a
+        ``path`` parameter, a negative number).
+        """
         if name != self.name or set(params) != set(self.convertors):
             raise NoMatchFound(name, params)
         segments = {key: self.convertors[key].to_string(value) for key, value in params.items()}
         for key, text in segments.items():
             if "/" in text and self.convertors[key] is not CONVERTORS["path"]:
                 raise ValueError(f"path parameter {key!r} may not contain '/', got {text!r}")
-        return self.path_format.format(**segments)
+        return URLPath(self.path_format.format(**segments), protocol="websocket")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve this route alone, as an ASGI app (see the class docstring)."""
+        kind = scope["type"]
+        if kind == "lifespan":
+            await _run_lifespan(_no_lifespan, scope, receive, send, app=scope.get("app", self))
+        elif kind != "websocket":
+            await _not_found(scope, receive, send)
+        else:
+            params = self.match(split_root_path(scope)[1] or "/")
+            if params is None:
+                await WebSocketClose()(scope, receive, send)
+                return
+            scope["path_params"] = {**scope.get("path_params", {}), **params}
+            await self._admit(self.origins or _SAME_ORIGIN, scope, receive, send)
+
+    async def _admit(self, origins: OriginPolicy, scope: Scope, receive: Receive, send: Send) -> None:
+        """Reject a WebSocket from an origin ``origins`` refuses (HTTP 403), else handle it."""
+        if not origins.allows(scope):
+            path = split_root_path(scope)[1] or "/"
+            logger.info("Rejected WebSocket %s from origin %r", path, Headers(scope=scope).get("origin"))
+            await WebSocketClose()(scope, receive, send)
+            return
+        await self.handle(scope, receive, send)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={self.path!r}, name={self.name!r})"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send, **self.websocket_options)
         ending = lifecycle(websocket)
         try:
-            async with websocket if self.structured else ending.plain_block():
+            structured = self.structured and self._endpoint_app is None
+            async with websocket if structured else ending.plain_block():
                 await self._call_endpoint(websocket)
         except Exception as error:
             if isinstance(error, InvalidJSON):
@@ -243,6 +328,8 @@ class WebSocketRoute:
             await self._endpoint_class(websocket.scope, websocket.receive, websocket.send).dispatch(websocket)
         elif self._endpoint_function is not None:
             await self._endpoint_function(websocket)
+        elif self._endpoint_app is not None:
+            await self._endpoint_app(websocket.scope, websocket.receive, websocket.send)
 
 
 class Router:
@@ -277,8 +364,11 @@ class Router:
 
         return register
 
-    def url_path_for(self, name: str, /, **params: Any) -> str:
-        """The path of the route called ``name`` with ``params`` filled in."""
+    def url_path_for(self, name: str, /, **params: Any) -> URLPath:
+        """The path of the first route called ``name`` taking ``params``, as a ``URLPath``.
+
+        Raises ``NoMatchFound`` when no route has that name and exactly those parameters.
+        """
         for route in self.routes:
             try:
                 return route.url_path_for(name, **params)
@@ -287,14 +377,18 @@ class Router:
         raise NoMatchFound(name, params)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope.setdefault("router", self)
+        """Serve one ASGI call; ``scope["router"]`` names this router (unless an outer one is
+        there already) on the scopes it serves itself, not on HTTP requests passed to ``default``,
+        whose own router (a Starlette app's, say) must find itself there for ``url_for``."""
         kind = scope["type"]
+        if kind not in ("websocket", "lifespan") and self.default is not None:
+            await self.default(scope, receive, send)
+            return
+        scope.setdefault("router", self)
         if kind == "websocket":
             await self._websocket(scope, receive, send)
         elif kind == "lifespan":
-            await self._lifespan(scope, receive, send)
-        elif self.default is not None:
-            await self.default(scope, receive, send)
+            await _run_lifespan(self.lifespan_context, scope, receive, send, app=scope.get("app", self))
         else:
             await _not_found(scope, receive, send)
 
@@ -305,35 +399,9 @@ class Router:
             if params is None:
                 continue
             scope["path_params"] = {**scope.get("path_params", {}), **params}
-            origins = route.origins or self.origins
-            if not origins.allows(scope):
-                logger.info("Rejected WebSocket %s from origin %r", path, Headers(scope=scope).get("origin"))
-                await WebSocketClose()(scope, receive, send)
-                return
-            await route.handle(scope, receive, send)
+            await route._admit(route.origins or self.origins, scope, receive, send)
             return
         await WebSocketClose()(scope, receive, send)
-
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        app = scope.get("app", self)
-        await receive()  # lifespan.startup
-        started = False
-        try:
-            async with self.lifespan_context(app) as state:
-                if state:
-                    if "state" not in scope:
-                        raise RuntimeError('The server does not support "state" in the lifespan scope.')
-                    scope["state"].update(state)
-                await send({"type": "lifespan.startup.complete"})
-                started = True
-                await receive()  # lifespan.shutdown
-        except Exception as error:
-            text = "".join(traceback.format_exception(error))
-            logger.error("Lifespan %s failed\n%s", "shutdown" if started else "startup", text)
-            kind = "lifespan.shutdown.failed" if started else "lifespan.startup.failed"
-            await send({"type": kind, "message": text})
-            return
-        await send({"type": "lifespan.shutdown.complete"})
 
 
 _E = TypeVar("_E", bound=Callable[..., Any])
@@ -342,6 +410,38 @@ _E = TypeVar("_E", bound=Callable[..., Any])
 @asynccontextmanager
 async def _no_lifespan(app: Any) -> AsyncIterator[None]:
     yield None
+
+
+_SAME_ORIGIN = OriginPolicy()
+
+
+async def _run_lifespan(
+    context: Lifespan, scope: Scope, receive: Receive, send: Send, *, app: Any = None
+) -> None:
+    """Answer the ``lifespan`` scope, running ``context(app)`` from startup to shutdown.
+
+    A failure in either phase is sent to the server as ``lifespan.startup.failed`` or
+    ``lifespan.shutdown.failed`` with its traceback as the message, and then re-raised, as
+    Starlette does: the server (or test client) reports it and, after a failed startup, stops.
+    A server that only watched for the message and waited for the app to return (Starlette's
+    TestClient) would otherwise carry on as if it had started.
+    """
+    await receive()  # lifespan.startup
+    started = False
+    try:
+        async with context(app) as state:
+            if state:
+                if "state" not in scope:
+                    raise RuntimeError('The server does not support "state" in the lifespan scope.')
+                scope["state"].update(state)
+            await send({"type": "lifespan.startup.complete"})
+            started = True
+            await receive()  # lifespan.shutdown
+    except Exception as error:
+        kind = "lifespan.shutdown.failed" if started else "lifespan.startup.failed"
+        await send({"type": kind, "message": "".join(traceback.format_exception(error))})
+        raise
+    await send({"type": "lifespan.shutdown.complete"})
 
 
 async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
