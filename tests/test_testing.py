@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import starlette.responses
+import starlette.routing
 import trio
 
 from trio_asgi_ws import WebSocket, WebSocketDisconnect
@@ -209,3 +210,63 @@ async def test_a_failing_lifespan_startup_raises_lifespan_failed() -> None:
     with pytest.raises(LifespanFailed, match=r"(?s)lifespan\.startup\.failed.*no database"):
         async with run_lifespan(Router(lifespan=broken)):
             pass
+
+
+def failing_in(phase: str) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        if phase == "startup":
+            raise OSError("no database")
+        yield
+        raise OSError("no database")
+
+    return lifespan
+
+
+@pytest.mark.parametrize("phase", ["startup", "shutdown"])
+@pytest.mark.parametrize("framework", ["ours", "starlette"])
+async def test_a_failing_lifespan_raises_lifespan_failed_from_the_app_s_error(
+    phase: str, framework: str
+) -> None:
+    router_class = Router if framework == "ours" else starlette.routing.Router
+    app = router_class(lifespan=failing_in(phase))
+    ran: list[str] = []
+    with pytest.raises(LifespanFailed, match=rf"^lifespan\.{phase}\.failed: Traceback") as info:
+        async with run_lifespan(app):
+            ran.append("block")
+    assert ran == ([] if phase == "startup" else ["block"])
+    assert repr(info.value.__cause__) == "OSError('no database')"
+
+
+async def test_connect_with_lifespan_raises_when_startup_fails_and_never_connects() -> None:
+    connected: list[bool] = []
+
+    async def greet(ws: WebSocket) -> None:
+        connected.append(True)
+        await ws.accept()
+
+    app = Router(lifespan=failing_in("startup"))
+    app.add_websocket_route("/", greet)
+    with pytest.raises(LifespanFailed) as info:
+        async with connect(app, lifespan=True):
+            pass
+    assert repr(info.value.__cause__) == "OSError('no database')"
+    assert connected == []
+
+
+async def report_failure(scope: Scope, receive: Receive, send: Send, *, then: str) -> None:
+    await receive()
+    await send({"type": "lifespan.startup.failed", "message": "no cache"})
+    if then == "wait":
+        await trio.sleep_forever()
+
+
+@pytest.mark.parametrize("then", ["return", "wait"])
+async def test_an_app_that_reports_a_failure_without_raising_still_fails_the_test(then: str) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await report_failure(scope, receive, send, then=then)
+
+    with pytest.raises(LifespanFailed, match=r"^lifespan\.startup\.failed: no cache$") as info:
+        async with run_lifespan(app, timeout=1):
+            pass
+    assert info.value.__cause__ is None

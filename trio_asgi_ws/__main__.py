@@ -4,6 +4,11 @@ With ``--workers N`` the parent binds the socket once and runs N worker processe
 with ``--reload`` it restarts them when a ``.py`` file under the current directory changes.
 Either way SIGINT/SIGTERM reach every worker, each closes its WebSockets with 1001, and the
 command exits 0 once they have all stopped.
+
+If the app's lifespan startup fails, nothing is served: the failure is logged on one ERROR
+record (its first line names the error, the app's traceback follows) and the command exits with
+status 3 (``STARTUP_FAILURE``, as uvicorn does); with ``--workers`` the supervisor then stops the
+other workers and exits with it.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ from typing import Any
 import trio
 
 from ._supervisor import supervise
-from .server import TERMINATION_SIGNALS, build_config, serve
+from .server import TERMINATION_SIGNALS, StartupFailed, build_config, serve
 
-__all__ = ["load_app", "main"]
+__all__ = ["STARTUP_FAILURE", "load_app", "main"]
+
+STARTUP_FAILURE = 3
+"""Exit status when the app's lifespan startup failed."""
 
 
 def load_app(target: str) -> Any:
@@ -135,6 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trio.run(supervise, worker_argv, args.host, args.port, args.workers, args.reload)
     try:
         trio.run(lambda: serve(app, args.host, args.port, **options))
+    except StartupFailed as failure:
+        logging.getLogger("trio_asgi_ws").error(
+            "Lifespan startup failed, not serving (exit status %d): %s%s",
+            STARTUP_FAILURE,
+            failure.summary,
+            "\n" + failure.message.rstrip() if failure.message.strip() else "",
+        )
+        return STARTUP_FAILURE
     finally:
         if args.fd is not None:
             _handle_termination_signals(signal.SIG_IGN)

@@ -17,6 +17,11 @@ Defaults differ from hypercorn's where WebSockets need it: messages are limited 
 16 MiB), compression is off (hypercorn always negotiates it), pings go out every 20 s, a
 connection that sends nothing, not even a pong, for ``read_timeout`` seconds is dropped, and so
 is one whose sends make no progress for ``send_timeout`` seconds.
+
+If the app's lifespan startup fails (it sends ``lifespan.startup.failed``), nothing is served: no
+socket is accepted on, and ``serve()`` raises ``StartupFailed`` carrying the app's message (a
+router's holds the traceback).  ``python -m trio_asgi_ws`` logs it on one ERROR record and exits
+with status 3.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from ._hypercorn_fixes import Compression, GuardedConfig
 from ._lifecycle import GOING_AWAY, GOING_AWAY_KEY
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["GracefulShutdown", "build_config", "serve"]
+__all__ = ["GracefulShutdown", "StartupFailed", "build_config", "serve"]
 
 logger = logging.getLogger("trio_asgi_ws")
 
@@ -50,6 +55,48 @@ _APP_QUEUE_SIZE = 1
 whole ``max_message_size``, so this bounds what a client can make the server hold while its app is
 busy.  A structured WebSocket's pump buffers on top of this, within its own bound."""
 _ABORT_MARGIN = 0.2
+
+
+class StartupFailed(Exception):
+    """The app reported ``lifespan.startup.failed``: ``serve()`` stopped without serving.
+
+    ``message`` is the app's own report (a router sends the failure's traceback); ``summary``
+    is its last line, such as ``RuntimeError: no database``.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        lines = [line for line in message.splitlines() if line.strip()]
+        self.summary = lines[-1].strip() if lines else "(the app gave no message)"
+        super().__init__(f"lifespan startup failed: {self.summary}")
+
+
+class _StartupWatch:
+    """ASGI middleware that sees the app report a failed lifespan startup before hypercorn does.
+
+    hypercorn 0.18's trio worker, sent ``lifespan.startup.failed``, raises ``LifespanFailureError``
+    in its lifespan task; but that task's ``finally`` first wakes the worker waiting for startup,
+    which binds, logs "Running on ..." and reports the server started before the error reaches
+    it, and the error then leaves ``serve()`` wrapped in three exception groups.  It should stop
+    before serving.  ``on_failure`` (which cancels the worker) runs before the message is passed
+    on.  Tested in tests/integration/test_server.py (the startup failure tests).
+    """
+
+    def __init__(self, app: ASGIApp, on_failure: Callable[[str], None]) -> None:
+        self.app = app
+        self._on_failure = on_failure
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def watched_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                self._on_failure(str(message.get("message") or ""))
+            await send(message)
+
+        await self.app(scope, receive, watched_send)
 
 
 class _Connection:
@@ -198,10 +245,20 @@ async def serve(
     ``await nursery.start(serve, app, "127.0.0.1", 0)`` tells you the port.  ``sockets`` is an
     already listening socket to serve on instead of binding ``host:port`` (worker processes
     share one this way).  ``options`` are passed to ``build_config``.
+
+    Raises ``StartupFailed``, without having served anything, when the app's lifespan startup
+    fails.
     """
     config = build_config(host, port, **options)
     tracker = GracefulShutdown(app)
     stop = trio.Event()
+    worker_scope = trio.CancelScope()
+    startup_failure: list[str] = []
+
+    def startup_failed(message: str) -> None:
+        startup_failure.append(message)
+        worker_scope.cancel()
+
     if sockets is None:
         listening = None
     elif config.ssl_enabled:
@@ -225,18 +282,21 @@ async def serve(
             if shutdown_trigger is not None:
                 nursery.start_soon(_set_when_returned, shutdown_trigger, stop)
             nursery.start_soon(config.guard.run)
-            await _serve_unless_stopped_first(
-                partial(
-                    worker_serve,
-                    ASGIWrapper(tracker),  # type: ignore[arg-type]  # hypercorn's TypedDict scopes
-                    config,
-                    sockets=listening,
-                    shutdown_trigger=shut_down_gracefully,
-                ),
-                stop,
-                task_status,
-            )
+            with worker_scope:
+                await _serve_unless_stopped_first(
+                    partial(
+                        worker_serve,
+                        ASGIWrapper(_StartupWatch(tracker, startup_failed)),  # type: ignore[arg-type]
+                        config,
+                        sockets=listening,
+                        shutdown_trigger=shut_down_gracefully,
+                    ),
+                    stop,
+                    task_status,
+                )
             nursery.cancel_scope.cancel()
+    if startup_failure:
+        raise StartupFailed(startup_failure[0])
 
 
 async def _serve_unless_stopped_first(

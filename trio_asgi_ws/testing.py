@@ -64,7 +64,12 @@ class WebSocketDenied(Exception):
 
 
 class LifespanFailed(Exception):
-    """The app reported ``lifespan.startup.failed`` or ``lifespan.shutdown.failed``."""
+    """The app reported ``lifespan.startup.failed`` or ``lifespan.shutdown.failed``.
+
+    The message names the event and carries the app's own message (a router sends the
+    traceback); when the app then raised, as a router does, that error is the ``__cause__``.
+    An app that answers with anything else, or returns without answering, also raises this.
+    """
 
 
 class AppConnection:
@@ -139,7 +144,12 @@ class _NurseryOwner:
 
 
 class run_lifespan(_NurseryOwner):
-    """Run the app's lifespan: startup on entry (yielding its state dict), shutdown on exit."""
+    """Run the app's lifespan: startup on entry (yielding its state dict), shutdown on exit.
+
+    A failed startup raises ``LifespanFailed`` from the ``async with`` (the block never runs), a
+    failed shutdown raises it on the way out; an app that raises instead of answering raises its
+    own error.  Each answer is waited for at most ``timeout`` seconds (``trio.TooSlowError``).
+    """
 
     def __init__(self, app: ASGIApp, *, timeout: float = 5.0) -> None:
         self.state: dict[str, Any] = {}
@@ -178,7 +188,12 @@ class run_lifespan(_NurseryOwner):
             self._task.raise_error()
             raise LifespanFailed(f"the app returned instead of answering {request!r}")
         if reply["type"] != expected:
-            raise LifespanFailed(f"{reply['type']}: {reply.get('message', '')}")
+            # An app that reports a failure then raises it (Starlette's router, ours): wait for
+            # that, within the deadline, so the error is chained to what the test sees.
+            with trio.move_on_after(self._timeout):
+                await self._task.finished.wait()
+            cause, self._task.error = self._task.error, None
+            raise LifespanFailed(f"{reply['type']}: {reply.get('message', '')}") from cause
 
 
 class TestWebSocket(_NurseryOwner):

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import sys
 import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from starlette.applications import Starlette
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from tests.integration.conftest import open_client
 from tests.integration.served import (
+    REPO,
     drain_stderr,
     hold_reading_clients,
     router_with_an_echo,
@@ -22,7 +31,7 @@ from tests.integration.served import (
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws.__main__ import load_app, main
 from trio_asgi_ws.routing import Router
-from trio_asgi_ws.server import build_config
+from trio_asgi_ws.server import StartupFailed, build_config, serve
 
 DEADLINE = 15.0
 
@@ -85,6 +94,92 @@ async def test_an_unmatched_path_is_rejected_with_403_by_the_real_server() -> No
             async with open_client(server.url("/nowhere")):
                 pass
     assert info.value.status_code == 403
+
+
+# -- a failed lifespan startup --------------------------------------------------------------------
+
+
+def failing_startup(framework: str) -> Any:
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        raise RuntimeError("no database")
+        yield
+
+    if framework == "starlette":
+        return Starlette(lifespan=lifespan)
+    return Router(lifespan=lifespan)
+
+
+@pytest.mark.parametrize("framework", ["ours", "starlette"])
+async def test_serve_raises_startup_failed_without_ever_serving(
+    framework: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(StartupFailed) as info:  # from start(): it never reported started
+                await nursery.start(
+                    partial(serve, failing_startup(framework), "127.0.0.1", 0, handle_signals=False)
+                )
+    assert info.value.summary == "RuntimeError: no database"
+    assert str(info.value) == "lifespan startup failed: RuntimeError: no database"
+    assert info.value.message.startswith("Traceback (most recent call last):\n")
+    assert "Running on" not in caplog.text  # hypercorn never bound a socket
+
+
+FAILING_APP = """
+from contextlib import asynccontextmanager
+from trio_asgi_ws.routing import Router
+
+@asynccontextmanager
+async def lifespan(app):
+    raise RuntimeError("no database")
+    yield
+
+app = Router(lifespan=lifespan)
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_the_cli_exits_3_with_one_clear_line_when_startup_fails(tmp_path: Path, workers: int) -> None:
+    (tmp_path / "failing.py").write_text(FAILING_APP)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    command = [sys.executable, "-m", "trio_asgi_ws", "failing:app", "--port", "0", "--workers", str(workers)]
+    with trio.fail_after(DEADLINE):
+        result = await trio.run_process(command, cwd=tmp_path, env=env, capture_stderr=True, check=False)
+    log = result.stderr.decode()
+    assert result.returncode == 3, log
+    failures = [line for line in log.splitlines() if "startup failed" in line]
+    expected = (
+        "trio_asgi_ws ERROR Lifespan startup failed, not serving (exit status 3): RuntimeError: no database"
+    )
+    # One line per worker that got as far as its startup (with two, the first to fail can stop
+    # the other before then), followed by the app's traceback and nothing else.
+    assert 1 <= len(failures) <= workers
+    assert [line.split(" ", 2)[2] for line in failures] == [expected] * len(failures)
+    assert log.count("Traceback (most recent call last)") == len(failures)
+    assert "Running on" not in log
+    assert "Exception Group" not in log
+
+
+SILENT_FAILURE = """
+async def app(scope, receive, send):
+    await receive()
+    await send({"type": "lifespan.startup.failed", "message": ""})
+"""
+
+
+def test_a_startup_failure_without_a_message_is_still_named_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "silent_failure.py").write_text(SILENT_FAILURE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.INFO):
+        assert main(["silent_failure:app", "--port", "0"]) == 3
+    failures = [r.getMessage() for r in caplog.records if "startup failed" in r.getMessage()]
+    assert failures == ["Lifespan startup failed, not serving (exit status 3): (the app gave no message)"]
+    assert str(StartupFailed(" \n")) == "lifespan startup failed: (the app gave no message)"
 
 
 def test_build_config_suits_websockets_and_rejects_bad_options() -> None:
