@@ -263,3 +263,36 @@ async def included_describe(websocket: WebSocket, room: str, seat: int) -> None:
 
 
 fastapi_app.include_router(included)
+
+
+class ConnectionManager:
+    """The connection manager of FastAPI's WebSocket tutorial, ported by changing one import."""
+
+    def __init__(self) -> None:
+        self.active: list[WebSocket] = []
+
+    async def connect(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        self.active.append(websocket)
+
+    def disconnect(self, websocket: WebSocket) -> None:
+        self.active.remove(websocket)
+
+    async def broadcast(self, text: str) -> None:
+        for connection in self.active:
+            await connection.send_text(text)
+
+
+manager = ConnectionManager()
+
+
+@fastapi_app.websocket("/manager/{client}")
+@structured
+async def managed(websocket: WebSocket, client: str) -> None:
+    await manager.connect(websocket)
+    try:
+        while True:
+            text = await websocket.receive_text()
+            await manager.broadcast(f"{client}: {text}")
+    except fastapi.WebSocketDisconnect:  # never runs: the gone socket stays in the list
+        manager.disconnect(websocket)

@@ -160,3 +160,21 @@ def test_structured_with_options_resolves_string_annotations() -> None:
     parameters = inspect.signature(endpoint).parameters
     assert parameters["websocket"].annotation is starlette.websockets.WebSocket
     assert parameters["room"].annotation == "str"  # left for FastAPI to evaluate
+
+
+async def test_the_tutorials_connection_manager_keeps_a_gone_socket_and_fails_the_next_broadcaster() -> None:
+    """What docs/frameworks.md warns about: its ``except fastapi.WebSocketDisconnect`` never runs."""
+    async with cli_server(TARGET) as server:
+        with trio.fail_after(DEADLINE):
+            async with open_client(server.url("/manager/ann")) as ann:
+                async with open_client(server.url("/manager/bob")) as bob:
+                    await bob.send_message("bye")
+                    assert await ann.get_message() == "bob: bye"
+                    assert await bob.get_message() == "bob: bye"
+                await ann.send_message("anyone?")
+                assert await ann.get_message() == "ann: anyone?"  # ann is first in the list
+                with pytest.raises(ConnectionClosed) as info:
+                    await ann.get_message()  # the send to bob's socket failed in ann's handler
+        assert info.value.reason.code == 1011
+        logged = await server.wait_for_log("WebSocketDisconnected")
+        assert logged, server.log
