@@ -6,6 +6,7 @@ The app is ``tests.integration.framework_apps:starlette_app``; the clients are t
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
@@ -184,3 +185,17 @@ def test_importing_trio_asgi_ws_imports_neither_fastapi_nor_starlette() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+async def test_sigterm_closes_a_send_only_starlette_endpoint_with_1001() -> None:
+    async with cli_server(TARGET) as server:
+        with trio.fail_after(DEADLINE):
+            async with open_client(server.url("/ticker")) as ws:
+                assert await ws.get_message() == "tick"
+                server.process.send_signal(signal.SIGTERM)
+                with pytest.raises(ConnectionClosed) as info:
+                    while True:
+                        await ws.get_message()
+            assert await server.process.wait() == 0
+        assert info.value.reason.code == 1001
+        server.assert_no_errors()
