@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from trio_asgi_ws.datastructures import URL, Address, Headers, QueryParams, State
+from trio_asgi_ws.datastructures import URL, Address, Headers, QueryParams, State, URLPath
 
 
 def make_scope(**overrides: Any) -> dict[str, Any]:
@@ -593,3 +593,45 @@ def test_url_include_and_remove_query_params_match_starlette() -> None:
     assert URL(url).include_query_params(a=9, d=4) == str(theirs.include_query_params(a=9, d=4))
     assert URL(url).remove_query_params(["a", "c"]) == str(theirs.remove_query_params(["a", "c"]))
     assert URL(url).replace_query_params(z=1) == str(theirs.replace_query_params(z=1))
+
+
+URL_PATHS = [
+    ("/chat/a", "websocket", ""),
+    ("/chat/a", "http", ""),
+    ("/chat/a", "", ""),
+    ("/chat/a", "websocket", "other.example:9000"),
+    ("//example.org/a", "websocket", ""),
+    ("///a", "", ""),
+    ("/\\example.org/a", "websocket", ""),
+    ("\\\\example.org", "http", ""),
+    ("/a\\b/c d?e#f", "websocket", ""),
+    ("", "websocket", ""),
+]
+BASES = ["http://example.org", "https://example.org:8443/api/", "wss://u:p@h/r?q=1#f", "ws://h"]
+
+
+@pytest.mark.parametrize(("path", "protocol", "host"), URL_PATHS)
+@pytest.mark.parametrize("base", BASES)
+def test_urlpath_matches_starlette(path: str, protocol: Any, host: str, base: str) -> None:
+    ours = URLPath(path, protocol, host)
+    theirs = starlette_datastructures.URLPath(path, protocol, host)
+    assert (str(ours), repr(ours), ours.protocol, ours.host) == (
+        str(theirs),
+        repr(theirs),
+        theirs.protocol,
+        theirs.host,
+    )
+    expected = str(theirs.make_absolute_url(base))
+    assert ours.make_absolute_url(base) == expected
+    assert ours.make_absolute_url(URL(base)) == expected
+    made = ours.make_absolute_url(starlette_datastructures.URL(base))  # what Starlette's url_for passes
+    assert isinstance(made, URL) and made == expected
+
+
+def test_urlpath_is_a_str_and_never_scheme_relative() -> None:
+    for path in ["//evil.example", "/\\evil.example", "/\\/evil.example", "/\t/evil.example", "/\r\n/x"]:
+        built = URLPath(path)
+        assert isinstance(built, str)
+        assert not built.startswith("//") and "\\" not in built
+        assert not any(c in built for c in "\t\r\n")
+        assert URL(f"http://good.example{built}").hostname == "good.example"

@@ -54,12 +54,12 @@ async def test_the_scope_carries_path_query_headers_and_subprotocols() -> None:
         ws = WebSocket(scope, receive, send)
         seen.update(path=ws.url.path, query=dict(ws.query_params), token=ws.headers.get("x-token"))
         seen["subprotocols"] = scope["subprotocols"]
-        await ws.accept(subprotocol="chat", headers=[(b"x-server", b"yes")])
+        await ws.accept(subprotocol="chat", headers=[(b"X-Server", b"yes")])
         await ws.close()
 
     async with connect(app, "/chat/1?x=y", subprotocols=["chat", "v2"], headers={"X-Token": "t"}) as ws:
         assert ws.accepted_subprotocol == "chat"
-        assert ws.extra_headers == [(b"x-server", b"yes")]
+        assert ws.extra_headers == [(b"x-server", b"yes")]  # names lowercased by accept()
         with pytest.raises(WebSocketDisconnect) as info:
             await ws.receive_text()
         assert info.value.code == 1000
