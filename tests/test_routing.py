@@ -304,10 +304,17 @@ def test_url_path_for_builds_the_path_the_route_matches(
             "chat",
             {"room": "a", "extra": 1},
             NoMatchFound,
+            'No route exists for name "chat" and params "room, extra".',  # in the order given
+        ),
+        (
+            "chat",
+            {"extra": 1, "room": "a"},
+            NoMatchFound,
             'No route exists for name "chat" and params "extra, room".',
         ),
         ("missing", {}, NoMatchFound, 'No route exists for name "missing" and params "".'),
         ("chat", {"room": "a/b"}, ValueError, "path parameter 'room' may not contain '/', got 'a/b'"),
+        ("chat", {"room": ""}, ValueError, "path parameter 'room' may not be empty"),
         ("item", {"id": -1}, ValueError, "int path parameters must be non-negative, got -1"),
         *[
             (
@@ -325,6 +332,19 @@ def test_url_path_for_refuses_what_no_route_would_match(
 ) -> None:
     with pytest.raises(error, match=exactly(message)):
         make_router().url_path_for(name, **params)
+
+
+@pytest.mark.parametrize(
+    "params", [{"room": "a", "extra": 1}, {"extra": 1, "room": "a"}, {}, {"zeta": 1, "alpha": 2}]
+)
+def test_no_match_found_says_what_starlette_s_says(params: dict[str, Any]) -> None:
+    ours = Router([WebSocketRoute("/chat/{room}", chat, name="chat")])
+    theirs = starlette_routing.Router([starlette_routing.WebSocketRoute("/chat/{room}", chat, name="chat")])
+    with pytest.raises(NoMatchFound) as mine:
+        ours.url_path_for("chat", **params)
+    with pytest.raises(starlette_routing.NoMatchFound) as starlettes:
+        theirs.url_path_for("chat", **params)
+    assert str(mine.value) == str(starlettes.value)
 
 
 def test_a_route_names_the_name_it_was_asked_for_when_it_does_not_match() -> None:

@@ -63,7 +63,7 @@ class NoMatchFound(Exception):
     """``url_path_for`` found no route with that name taking exactly those parameters."""
 
     def __init__(self, name: str, params: Mapping[str, Any]) -> None:
-        listed = ", ".join(sorted(params))
+        listed = ", ".join(params)  # in the order given, as Starlette lists them
         super().__init__(f'No route exists for name "{name}" and params "{listed}".')
 
 
@@ -264,7 +264,7 @@ class WebSocketRoute:
 
         Raises ``NoMatchFound`` unless ``name`` is this route's and ``params`` are exactly its
         parameters, and ``ValueError`` for a value its convertor cannot write (a ``/`` outside a
-        ``path`` parameter, a negative number).
+        ``path`` parameter, an empty ``str`` one, a negative number).
         """
         if name != self.name or set(params) != set(self.convertors):
             raise NoMatchFound(name, params)
@@ -272,6 +272,8 @@ class WebSocketRoute:
         for key, text in segments.items():
             if "/" in text and self.convertors[key] is not CONVERTORS["path"]:
                 raise ValueError(f"path parameter {key!r} may not contain '/', got {text!r}")
+            if not text and self.convertors[key] is CONVERTORS["str"]:
+                raise ValueError(f"path parameter {key!r} may not be empty")
         return URLPath(self.path_format.format(**segments), protocol="websocket")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
