@@ -4,6 +4,8 @@ runs are in tests/integration/."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from examples import fastapi_chat
@@ -36,7 +38,7 @@ async def test_fastapi_chat_refuses_a_name_too_long_before_accept() -> None:
     ("app", "path"),
     [(starlette_app, "/describe/lobby/3"), (fastapi_app, "/included/describe/lobby/3")],
 )
-async def test_framework_apps_run_in_process_on_the_test_client(app: object, path: str) -> None:
+async def test_framework_apps_run_in_process_on_the_test_client(app: Any, path: str) -> None:
     async with connect(app, path, lifespan=True) as ws:
         assert (await ws.receive_json())["class"] == "trio_asgi_ws.websockets.WebSocket"
         await ws.send_text("echo me")

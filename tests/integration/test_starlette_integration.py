@@ -19,7 +19,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected
 from tests.integration.conftest import open_client
 from tests.integration.framework_apps import describe, starlette_app
 from tests.integration.framework_server import DEADLINE, CliServer, cli_server, next_event, observing
-from trio_asgi_ws.integrations.starlette import WebSocketRoute
+from trio_asgi_ws.integrations.starlette import StructuredEndpoint, WebSocketRoute
 
 TARGET = "tests.integration.framework_apps:starlette_app"
 
@@ -199,3 +199,17 @@ async def test_sigterm_closes_a_send_only_starlette_endpoint_with_1001() -> None
             assert await server.process.wait() == 0
         assert info.value.reason.code == 1001
         server.assert_no_errors()
+
+
+async def test_structured_endpoint_refuses_other_scopes_and_a_missing_endpoint() -> None:
+    async def receive() -> dict[str, object]:
+        raise AssertionError("nothing may be received")
+
+    async def send(message: object) -> None:
+        raise AssertionError("nothing may be sent")
+
+    runner = StructuredEndpoint(None, name="none")
+    with pytest.raises(RuntimeError, match="no endpoint of its own"):
+        await runner({"type": "websocket", "path": "/"}, receive, send)
+    with pytest.raises(ValueError, match="got a 'http' scope"):
+        await runner.run({"type": "http", "path": "/"}, receive, send, describe)
