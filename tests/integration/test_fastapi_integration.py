@@ -178,3 +178,22 @@ async def test_the_tutorials_connection_manager_keeps_a_gone_socket_and_fails_th
         assert info.value.reason.code == 1011
         logged = await server.wait_for_log("WebSocketDisconnected")
         assert logged, server.log
+
+
+async def test_structured_refuses_what_is_not_an_untouched_fastapi_websocket() -> None:
+    async def endpoint(websocket: WebSocket) -> None:
+        raise AssertionError("the endpoint must not run")
+
+    async def receive() -> dict[str, object]:
+        raise AssertionError("nothing may be received")
+
+    async def send(message: object) -> None:
+        raise AssertionError("nothing may be sent")
+
+    entry = structured(endpoint)
+    with pytest.raises(TypeError, match="expected FastAPI's WebSocket, got str"):
+        await entry(websocket="not a websocket")
+    framework_websocket = starlette.websockets.WebSocket({"type": "websocket", "path": "/"}, receive, send)
+    del framework_websocket._receive  # a Starlette that no longer keeps the raw callables
+    with pytest.raises(RuntimeError, match="keeps no _receive/_send"):
+        await entry(websocket=framework_websocket)
