@@ -1,6 +1,6 @@
 """Trio-native, structured-concurrency WebSockets for ASGI applications."""
 
-from .datastructures import URL, Address, Headers, QueryParams, State
+from .datastructures import URL, Address, Headers, QueryParams, State, URLPath
 from .websockets import (
     FrameTypeError,
     InvalidJSON,
@@ -20,6 +20,7 @@ __all__ = [
     "InvalidJSON",
     "QueryParams",
     "State",
+    "URLPath",
     "WebSocket",
     "WebSocketClose",
     "WebSocketDisconnect",

@@ -12,7 +12,7 @@ from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from trio_asgi_ws._types import Scope
 
-__all__ = ["URL", "Address", "Headers", "QueryParams", "State"]
+__all__ = ["URL", "Address", "Headers", "QueryParams", "State", "URLPath"]
 
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 _PATH_ESCAPES = str.maketrans({"?": "%3F", "#": "%23", "\\": "%5C"})
