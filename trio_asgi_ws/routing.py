@@ -47,6 +47,7 @@ __all__ = [
     "Convertor",
     "Lifespan",
     "NoMatchFound",
+    "OriginPolicy",
     "Router",
     "WebSocketRoute",
 ]
