@@ -21,7 +21,7 @@ import trio.testing
 
 from trio_asgi_ws._pump import _HANDOVER, ReceivePump
 from trio_asgi_ws._types import Message
-from trio_asgi_ws._watcher import _WATCHER, LOOK_INTERVAL
+from trio_asgi_ws._watcher import _WATCHER, LOOK_INTERVAL, watch
 
 DELAY = 1.0  # takeover_delay
 LINGER = 10.0
@@ -265,6 +265,25 @@ async def test_after_a_hand_back_a_handler_away_again_gets_a_reader_within_the_l
         await rig.step(DELAY * 0.001)  # the look: away since the hand-back
         await rig.step(DELAY)
         assert rig.readers == ["handler", "pump"]
+
+
+async def test_a_look_that_comes_early_does_not_take_over_early(clock: trio.testing.MockClock) -> None:
+    async with pump_rig() as rig:
+        rig.pump.start()
+        await rig.step(0)  # looked at 0: away; due again at DELAY
+        await rig.step(DELAY * 0.5)
+
+        class Other:
+            def look(self, now: float) -> float:
+                return math.inf
+
+        watch(Other())  # a registration wakes the watcher: it looks at everyone, early
+        await rig.step(0)
+        assert not rig.pump.relaying
+        await rig.step(DELAY * 0.499)
+        assert not rig.pump.relaying
+        await rig.step(DELAY * 0.001)
+        assert rig.pump.relaying
 
 
 # -- the handler's sends ---------------------------------------------------------------------
