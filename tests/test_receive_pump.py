@@ -396,6 +396,8 @@ async def test_the_watcher_holds_a_connection_only_from_start_to_stop(clock: tri
         rig.pump.stop()
         assert len(watcher) == 0
         rig.pump.stop()  # twice is once
+        rig.pump.start()  # after stop: the block is ending, nothing to watch
+        assert len(watcher) == 0
         await rig.step(DELAY * 2)
         assert readers_running() == 0 and not rig.pump.relaying
         # Parked without a deadline: an idle run is not woken by it.

@@ -134,7 +134,9 @@ async def test_a_look_that_raises_is_logged_and_dropped_and_the_run_carries_on(
         await settle(clock, 1.0)
     assert broken.looks == 1 and len(watcher) == 1
     assert healthy.looks == [0.0, 1.0]
-    assert [record.exc_info[0] for record in caplog.records if record.exc_info] == [ValueError]
+    assert [(record.getMessage(), record.exc_info and record.exc_info[0]) for record in caplog.records] == [
+        ("watcher: a look failed; the connection is no longer watched", ValueError)
+    ]
 
 
 def test_each_trio_run_has_a_watcher_of_its_own_and_none_outlives_it() -> None:
