@@ -1,9 +1,11 @@
 """``HTTPConnection``: what a handler reads from the ASGI scope, shared by every connection type.
 
 As in Starlette, a connection is a read-only ``Mapping`` over its scope (``conn["path"]``), with
-parsed views of it computed on first use and kept: ``url``, ``headers``, ``query_params``,
-``cookies``, ``client``, ``path_params`` and ``state``.  ``WebSocket`` builds on it; nothing here
-waits or does I/O, so none of it can be cancelled or see a disconnect.
+parsed views of it computed on first use and kept: ``url``, ``base_url``, ``headers``,
+``query_params``, ``cookies``, ``client``, ``path_params`` and ``state``.  ``url_for`` builds the
+URL of a named route; ``session``, ``auth`` and ``user`` read what Starlette's middleware put in
+the scope, failing with Starlette's assertion messages when it is not installed.  ``WebSocket``
+builds on it; nothing here waits or does I/O, so none of it can be cancelled or see a disconnect.
 """
 
 from __future__ import annotations
@@ -49,6 +51,24 @@ class HTTPConnection(Mapping[str, Any]):
         return self._url
 
     @property
+    def base_url(self) -> URL:
+        """The application's root URL (``app_root_path``, else ``root_path``, with a final ``/``).
+
+        ``url_for`` builds on it.  Inside a mount the root is still the top-level app's, as
+        in Starlette; the query string is dropped.
+        """
+        if not hasattr(self, "_base_url"):
+            app_root: str = self.scope.get("app_root_path", self.scope.get("root_path", ""))
+            root_scope = {
+                **self.scope,
+                "path": app_root if app_root.endswith("/") else app_root + "/",
+                "query_string": b"",
+                "root_path": app_root,
+            }
+            self._base_url = URL(scope=root_scope)
+        return self._base_url
+
+    @property
     def headers(self) -> Headers:
         if not hasattr(self, "_headers"):
             self._headers = Headers(scope=self.scope)
@@ -76,10 +96,48 @@ class HTTPConnection(Mapping[str, Any]):
         return Address(*host_port) if host_port is not None else None
 
     @property
+    def session(self) -> dict[str, Any]:
+        """``scope["session"]``, set by Starlette's ``SessionMiddleware`` (marked as accessed)."""
+        assert "session" in self.scope, "SessionMiddleware must be installed to access request.session"
+        session = self.scope["session"]
+        if hasattr(session, "mark_accessed"):  # a session from another middleware may lack it
+            session.mark_accessed()
+        return session  # type: ignore[no-any-return]
+
+    @property
+    def auth(self) -> Any:
+        """``scope["auth"]``, set by Starlette's ``AuthenticationMiddleware``."""
+        assert "auth" in self.scope, "AuthenticationMiddleware must be installed to access request.auth"
+        return self.scope["auth"]
+
+    @property
+    def user(self) -> Any:
+        """``scope["user"]``, set by Starlette's ``AuthenticationMiddleware``."""
+        assert "user" in self.scope, "AuthenticationMiddleware must be installed to access request.user"
+        return self.scope["user"]
+
+    @property
     def state(self) -> State:
         if not hasattr(self, "_state"):
             self._state = State(self.scope.setdefault("state", {}))
         return self._state
+
+    def url_for(self, name: str, /, **path_params: Any) -> URL:
+        """The absolute URL of the route called ``name``, below ``base_url``.
+
+        The routes come from ``scope["router"]`` (set by ``Router`` and by Starlette's routers),
+        else ``scope["app"]``; either may be ours or Starlette's.  A WebSocket route gets a
+        ``ws``/``wss`` URL, an HTTP one ``http``/``https``.  Without either key it raises
+        ``RuntimeError``; a name or parameters no route takes raise the provider's
+        ``NoMatchFound``.
+        """
+        provider: Any = self.scope.get("router") or self.scope.get("app")
+        if provider is None:
+            raise RuntimeError(
+                "The `url_for` method can only be used inside a Starlette application or with a router."
+            )
+        url = provider.url_path_for(name, **path_params).make_absolute_url(base_url=self.base_url)
+        return url if isinstance(url, URL) else URL(str(url))
 
 
 def parse_cookies(cookie_headers: list[str]) -> dict[str, str]:

@@ -287,6 +287,9 @@ class WebSocket(HTTPConnection):
     ) -> None:
         """Accept the connection; bad arguments raise before anything reaches the server.
 
+        ``headers`` are ``(name, value)`` byte pairs added to the handshake response; their names
+        are sent lowercased (``b"X-Token"`` goes out as ``b"x-token"``), as the ASGI spec asks.
+
         Receives the client's ``websocket.connect`` first if nobody has.  Cancelling it before
         the accept is handed to the server leaves the connection unanswered (the block or router
         then rejects it).
