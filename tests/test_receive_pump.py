@@ -21,7 +21,7 @@ import trio.testing
 
 from trio_asgi_ws._pump import _HANDOVER, ReceivePump
 from trio_asgi_ws._types import Message
-from trio_asgi_ws._watcher import _WATCHER, LOOK_INTERVAL, watch
+from trio_asgi_ws._watcher import _WATCHER, LONGEST_LOOK_INTERVAL, LOOK_INTERVAL, watch
 
 DELAY = 1.0  # takeover_delay
 LINGER = 10.0
@@ -230,6 +230,32 @@ async def test_a_handler_in_receive_at_a_look_is_looked_at_again_a_look_interval
         assert rig.readers == ["handler"]
         await rig.step(DELAY * 0.001)  # away at two looks DELAY apart: taken over
         assert rig.readers == ["handler", "pump"] and readers_running() == 1
+
+
+async def test_looks_at_a_handler_found_in_receive_back_off_to_the_longest_interval(
+    clock: trio.testing.MockClock,
+) -> None:
+    """Looks at 0, 2, 6, 14, 30, 46 (each interval doubled from LOOK_INTERVAL, up to the longest):
+    a handler that leaves receive() just after the look at 30 gets its reader at 46 + DELAY."""
+    assert (LOOK_INTERVAL, LONGEST_LOOK_INTERVAL) == (2.0, 16.0)
+    async with pump_rig() as rig, trio.open_nursery() as nursery:
+        nursery.start_soon(rig.handler_receive)
+        await rig.step(0)
+        rig.pump.start()
+        for interval in (0, 2, 4, 8, 16):  # in receive() at the looks at 0, 2, 6, 14 and 30
+            await rig.step(interval)
+        await rig.step(0.5)
+        rig.to_server.send_nowait(data("a"))
+        await rig.step(0)  # read at 30.5, then away for good
+        await rig.step(46 - 30.5 - DELAY * 0.001)
+        rig.to_server.send_nowait(data("b"))
+        await rig.step(0)
+        assert rig.readers == ["handler"] and not rig.pump.relaying
+        await rig.step(DELAY * 0.001)  # the look at 46: away
+        await rig.step(DELAY * 0.999)
+        assert rig.readers == ["handler"]
+        await rig.step(DELAY * 0.001)  # away at two looks DELAY apart: taken over
+        assert rig.readers == ["handler", "pump"]
 
 
 async def test_a_look_that_finds_a_new_departure_waits_a_whole_delay_from_then(

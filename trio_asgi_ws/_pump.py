@@ -17,13 +17,16 @@ role moves between them:
     ``handler_sent``, the second notes the time, and the first send at least ``takeover_delay``
     after that one makes the pump the reader; or
   - by the run's *watcher* (``_watcher.py``, one system task per trio run), which looks at every
-    accepted connection when it is accepted and then every ``LOOK_INTERVAL`` (2) seconds: a
-    handler found away from ``receive()`` is looked at again ``takeover_delay`` later, and if it
-    has not been back in between, the pump becomes the reader.
+    accepted connection when it is accepted: a handler found away from ``receive()`` is looked
+    at again ``takeover_delay`` later, and if it has not been back in between, the pump becomes
+    the reader; a handler found in ``receive()`` is looked at again ``LOOK_INTERVAL`` (2) seconds
+    later, then twice as long each time it is found there again, up to ``LONGEST_LOOK_INTERVAL``
+    (16) seconds (``look``).
   The reader moves messages into a bounded trio memory channel (created at the first takeover).
   So **a handler that sends** at least every ``s`` seconds without receiving has a reader within
   ``takeover_delay + 2 * s`` of leaving ``receive()`` (or of the accept); **any handler** within
-  ``LOOK_INTERVAL + takeover_delay`` (2.05 s by default) of leaving ``receive()``, and within
+  ``LONGEST_LOOK_INTERVAL + takeover_delay`` (16.05 s by default) of leaving ``receive()``
+  (``LOOK_INTERVAL + takeover_delay`` if a look found it away within the last 2 s), and within
   ``takeover_delay`` of the accept if it never received.  From then on it learns of a
   disconnect, or of a flood (1008, below), as soon as the server delivers it.
 * **The handler takes the role back.**  When the handler calls ``receive()`` while the pump is
@@ -77,7 +80,7 @@ from typing import Final
 import trio
 
 from ._types import Message, Receive
-from ._watcher import Watcher, watch
+from ._watcher import LONGEST_LOOK_INTERVAL, LOOK_INTERVAL, Watcher, watch
 
 __all__ = ["ReceivePump"]
 
@@ -104,10 +107,12 @@ class ReceivePump:
         "_handler_waiting",
         "_linger",
         "_live",
+        "_look_interval",
         "_looked_at",
         "_looked_at_departure",
         "_max_bytes",
         "_max_messages",
+        "_next_look",
         "_nursery",
         "_on_disconnect",
         "_on_gone",
@@ -176,6 +181,8 @@ class ReceivePump:
         """``departures`` at the handler's last send (``WebSocket.send`` keeps it)."""
         self._looked_at_departure = -1
         self._looked_at = 0.0
+        self._next_look = -math.inf  # before it, a look is not due (the watcher woke for another)
+        self._look_interval = LOOK_INTERVAL  # to the next look, while the handler is in receive()
         self._timed_departure = -1  # the departure whose sends handler_sent() is timing
         self._sending_since = 0.0
         # The block's nursery from attach(); live, and watched, from start() to stop().
@@ -258,18 +265,32 @@ class ReceivePump:
         """The watcher's look: take over if the handler stayed away since the previous one.
 
         Returns when the next look is wanted: ``takeover_delay`` after the look that found the
-        handler newly away, ``math.inf`` (the watcher's period) when it is in ``receive()`` or
-        the pump reads for it already.
+        handler newly away; ``LOOK_INTERVAL`` later when the pump reads for it (it may take the
+        role back and go away again); while it is in ``receive()``, ``LOOK_INTERVAL`` later,
+        doubling at each look that finds it there again up to ``LONGEST_LOOK_INTERVAL``.  A look
+        before the time this one asked for (the watcher woke for another connection) changes
+        nothing.
         """
-        if self._handler_in_receive() or self.relaying:
-            return math.inf
+        if now < self._next_look:
+            return self._next_look
+        if self.relaying:  # the pump reads: look again as after a look that found it away
+            self._look_interval = LOOK_INTERVAL
+            self._next_look = now + LOOK_INTERVAL
+            return self._next_look
+        if self._handler_in_receive():
+            self._next_look = now + self._look_interval
+            self._look_interval = min(self._look_interval * 2, LONGEST_LOOK_INTERVAL)
+            return self._next_look
+        self._look_interval = LOOK_INTERVAL
         if self._looked_at_departure != self.departures:
             self._looked_at_departure = self.departures
             self._looked_at = now
         elif now >= self._looked_at + self._takeover_delay:
             self._take_over()
-            return math.inf
-        return self._looked_at + self._takeover_delay
+            self._next_look = now + LOOK_INTERVAL
+            return self._next_look
+        self._next_look = self._looked_at + self._takeover_delay
+        return self._next_look
 
     def _take_over(self) -> None:
         """Become the reader: start a reader task in the block's nursery."""

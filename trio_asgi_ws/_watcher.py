@@ -12,25 +12,31 @@ each trio run has one watcher: a system task (``trio.lowlevel.spawn_system_task`
 a registration when none runs, and
 
 - **looks** at every registered connection (``Watched.look``) and sleeps until the earliest time
-  any of them asks to be looked at again, and at most ``LOOK_INTERVAL`` seconds; a registration
-  wakes it at once;
+  any of them asks to be looked at again, and at most ``LONGEST_LOOK_INTERVAL`` seconds; a
+  registration wakes it at once;
 - **ends** as soon as no connection is registered (the last one to leave wakes it), so a run
   with no structured connection has no watcher task, no deadline in trio's timer heap, nothing.
 
 A connection registers when it is accepted.  A look that finds its handler away from
 ``receive()`` asks for another ``takeover_delay`` seconds later, and if the handler has not been
-back in between, the connection starts its reader task in its own block's nursery.  So a handler
-leaving ``receive()`` costs its connection a counter increment, and no task wakes per message:
-the watcher wakes every ``LOOK_INTERVAL`` seconds for the whole process.  A handler that neither
-receives nor sends has a reader within ``LOOK_INTERVAL + takeover_delay`` of leaving
-``receive()``, or within ``takeover_delay`` of the accept.
+back in between, the connection starts its reader task in its own block's nursery.  A look that
+finds the handler in ``receive()`` (a chat handler waiting for its next message) asks for the
+next one ``LOOK_INTERVAL`` (2 s) later, then twice as long each time it finds it there again, up
+to ``LONGEST_LOOK_INTERVAL`` (16 s); finding it away starts again from 2 s.  So a handler
+leaving ``receive()`` costs its connection a counter increment, no task wakes per message, and a
+quiet process wakes its watcher about once every 16 s.  A handler that neither receives nor
+sends has a reader within ``LONGEST_LOOK_INTERVAL + takeover_delay`` of leaving ``receive()``
+(``LOOK_INTERVAL + takeover_delay`` if it has not been back in ``receive()`` since a look found
+it away), and within ``takeover_delay`` of the accept if it never received.
 
 What the period costs (bench/instructions.py, sparse pattern, one connection with a message
 every 60 ms, measured here): each timed wake-up about 120,000 instructions, as much as an echoed
 message, and a pending deadline in trio's timer heap about 1,000 to 2,000 more per message (every
-pass of the run loop checks the heap).  ``LOOK_INTERVAL`` is a trade between that and how soon
-an idle handler's client is noticed; the integration tests expect a flooded, non-reading handler
-to be closed with 1008 within 5 seconds.
+pass of the run loop checks the heap).  With a look every 2 s that made structured +13,400
+instructions per echo over raw against Starlette's +9,900; the backed-off looks leave the heap's
+share.  The intervals trade that against how soon an idle handler's client is noticed; a handler
+that stops reading soon after a look found it away (the integration tests flood one) is closed
+with 1008 within ``LOOK_INTERVAL + takeover_delay``.
 
 Ownership and failure: a connection unregisters when its block ends (cancelled or not) or sees
 the client go, so the watcher never holds a finished connection.  ``look`` is plain attribute
@@ -47,10 +53,15 @@ from typing import Final, Protocol
 
 import trio
 
-__all__ = ["LOOK_INTERVAL", "Watched", "Watcher", "watch"]
+__all__ = ["LONGEST_LOOK_INTERVAL", "LOOK_INTERVAL", "Watched", "Watcher", "watch"]
 
 LOOK_INTERVAL: Final = 2.0
-"""Seconds between the watcher's looks at connections that ask for none sooner (see above)."""
+"""Seconds from a look that found a handler away from ``receive()`` (or from the accept) to the
+next look at its connection, when nothing asks for one sooner (see above)."""
+
+LONGEST_LOOK_INTERVAL: Final = 16.0
+"""The longest time between two looks at a connection: each look that finds its handler in
+``receive()`` doubles the interval from ``LOOK_INTERVAL`` up to this (see ``ReceivePump.look``)."""
 
 _logger = logging.getLogger("trio_asgi_ws")
 
@@ -105,7 +116,7 @@ class Watcher:
         try:
             while self._watched:
                 now = clock.current_time()
-                next_look = now + LOOK_INTERVAL
+                next_look = now + LONGEST_LOOK_INTERVAL
                 for watched in list(self._watched):  # a look may unregister its connection
                     try:
                         next_look = min(next_look, watched.look(now))

@@ -128,8 +128,9 @@ class WebSocket(HTTPConnection):
       makes sends and later ``receive_*`` calls raise ``WebSocketDisconnect``, ends ``iter_*``
       loops, and cancels the block's body.  A handler that keeps sending (at least every ``s``
       seconds) without receiving gets the pump as its reader within ``takeover_delay + 2 * s``
-      of leaving ``receive()``; any handler within ``LOOK_INTERVAL + takeover_delay`` (2.05 s
-      by default; see ``_pump.py``); from then on a disconnect is seen at once.  Messages the client
+      of leaving ``receive()``; any handler within ``LONGEST_LOOK_INTERVAL + takeover_delay``
+      (16.05 s by default, 2.05 s after a look found it away; see ``_pump.py``); from then on a
+      disconnect is seen at once.  Messages the client
       sent before leaving are still delivered to a handler that keeps reading; the body is
       cancelled once it reaches the disconnect, or once it has stayed out of ``receive()`` for
       ``drain_timeout`` seconds;
