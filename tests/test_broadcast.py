@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 import tracemalloc
 from functools import partial
 from typing import Any
@@ -211,6 +212,37 @@ def test_redis_and_rediss_urls_make_a_redis_backend_with_its_options() -> None:
         assert isinstance(backend, RedisBackend)
         assert (backend._url, backend._prefix, backend.status) == (url, "app:", "connecting")
     assert isinstance(_backend_for("memory://", {}), MemoryBackend)
+
+
+@pytest.mark.parametrize("missing", ["coredis", "anyio"])
+def test_a_redis_url_without_the_redis_extra_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "trio_asgi_ws.backends.redis", raising=False)
+    with pytest.raises(
+        ModuleNotFoundError,
+        match=r"^redis:// needs the redis extra: pip install "
+        r"'trio_asgi_ws\[redis\]' \(missing: " + missing + r"\)$",
+    ) as caught:
+        open_broadcast("redis://127.0.0.1:6379/0")
+    assert caught.value.name == missing
+
+
+def test_backends_import_only_their_shared_module_never_the_hub() -> None:
+    """One-way imports: broadcast imports the backends; they import backends.base, not broadcast."""
+    import ast
+    from pathlib import Path
+
+    import trio_asgi_ws.backends
+
+    for module in Path(trio_asgi_ws.backends.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").endswith("broadcast"), module.name
+                assert node.level != 2 or node.module != "broadcast", module.name
+            elif isinstance(node, ast.Import):
+                assert all(not alias.name.endswith("broadcast") for alias in node.names), module.name
 
 
 async def test_subscriptions_default_to_64_messages_and_drop_oldest() -> None:

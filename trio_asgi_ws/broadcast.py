@@ -433,7 +433,8 @@ def open_broadcast(url: str = "memory://", **options: Any) -> AbstractAsyncConte
     """A hub on ``url`` for the duration of an ``async with`` block, in a nursery of its own.
 
     ``memory://`` (default) or ``redis://host:port/db`` (``options`` go to the backend, e.g.
-    ``prefix=``).  An unknown URL raises ``ValueError`` here, at the call.  Entering starts the
+    ``prefix=``).  An unknown URL raises ``ValueError`` here, at the call, and a ``redis://`` URL
+    without the ``redis`` extra installed ``ModuleNotFoundError`` naming the extra.  Entering starts the
     backend: an error doing so (``ConnectionError`` for an unreachable Redis) raises as itself.
     Leaving the block ends every subscription (readers get what is buffered, then
     ``trio.EndOfChannel``: ``async for`` stops quietly) and stops the backend's tasks; an error
@@ -459,7 +460,13 @@ def _backend_for(url: str, options: dict[str, Any]) -> Backend:
     if scheme == "memory":
         return MemoryBackend(**options)
     if scheme in ("redis", "rediss"):
-        from .backends.redis import RedisBackend  # coredis is an optional dependency
-
+        try:
+            from .backends.redis import RedisBackend  # coredis is an optional dependency
+        except ImportError as error:
+            raise ModuleNotFoundError(
+                f"{scheme}:// needs the redis extra: pip install 'trio_asgi_ws[redis]' "
+                f"(missing: {error.name or error})",
+                name=error.name,
+            ) from error
         return RedisBackend(url, **options)
     raise ValueError(f"unsupported broadcast URL {url!r}: use memory:// or redis://host:port/db")
