@@ -14,6 +14,7 @@ other workers and exits with it.
 from __future__ import annotations
 
 import argparse
+import builtins
 import importlib
 import logging
 import os
@@ -33,6 +34,15 @@ __all__ = ["STARTUP_FAILURE", "load_app", "main"]
 
 STARTUP_FAILURE = 3
 """Exit status when the app's lifespan startup failed."""
+
+
+def _operational(summary: str) -> bool:
+    """Whether a startup failure's last line names an ``OSError`` (``ConnectionError: cannot reach
+    Redis ...``): the environment, not the code, so its one line says all and a traceback would
+    only bury it.  Any other error keeps its traceback."""
+    name = summary.partition(":")[0].strip()
+    error = getattr(builtins, name, None)
+    return isinstance(error, type) and issubclass(error, OSError)
 
 
 def load_app(target: str) -> Any:
@@ -144,11 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         trio.run(lambda: serve(app, args.host, args.port, **options))
     except StartupFailed as failure:
+        details = "" if _operational(failure.summary) else failure.message.rstrip()
         logging.getLogger("trio_asgi_ws").error(
             "Lifespan startup failed, not serving (exit status %d): %s%s",
             STARTUP_FAILURE,
             failure.summary,
-            "\n" + failure.message.rstrip() if failure.message.strip() else "",
+            "\n" + details if details.strip() else "",
         )
         return STARTUP_FAILURE
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import AsyncIterator
@@ -160,6 +161,26 @@ async def test_the_cli_exits_3_with_one_clear_line_when_startup_fails(tmp_path: 
     assert log.count("Traceback (most recent call last)") == len(failures)
     assert "Running on" not in log
     assert "Exception Group" not in log
+
+
+async def test_the_cli_says_in_one_line_that_redis_cannot_be_reached_and_exits_3(tmp_path: Path) -> None:
+    """An environment failure (an OSError such as ConnectionError) is one line, no traceback; the
+    chat example with its hub on a Redis that is not running."""
+    with socket.socket() as unused:  # a port where no Redis listens
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BROADCAST_URL": url}
+    command = [sys.executable, "-m", "trio_asgi_ws", "examples.chat:app", "--port", "0"]
+    with trio.fail_after(DEADLINE):
+        result = await trio.run_process(command, cwd=REPO, env=env, capture_stderr=True, check=False)
+    log = result.stderr.decode()
+    assert result.returncode == 3, log
+    (line,) = log.splitlines()
+    assert line.split(" ", 2)[2] == (
+        "trio_asgi_ws ERROR Lifespan startup failed, not serving (exit status 3): ConnectionError: "
+        f"cannot reach Redis at {url}: Unable to establish a connection to 127.0.0.1:{port}"
+    )
 
 
 SILENT_FAILURE = """
