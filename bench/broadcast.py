@@ -79,6 +79,11 @@ import trio
 
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parents[1]
+if str(SCRIPT.parent) not in sys.path:
+    sys.path.insert(0, str(SCRIPT.parent))
+
+from _processes import LineReader, describe_checkout  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SMALL_BUFFER = 16 * 1024
@@ -440,27 +445,6 @@ async def client_main() -> None:
 
 
 # -- the parent: processes, publisher, phases, tables ---------------------------------------------
-
-
-class LineReader:
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = bytearray()
-
-    async def readline(self) -> bytes:
-        """One line without its newline; b"" at end of stream."""
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buffer[:end])
-                del self._buffer[: end + 1]
-                return line
-            chunk = await self._stream.receive_some(65536)
-            if not chunk:
-                line = bytes(self._buffer)
-                self._buffer.clear()
-                return line
-            self._buffer += chunk
 
 
 class Child:
@@ -922,22 +906,6 @@ def parse_contenders(text: str) -> tuple[str, ...]:
     return names
 
 
-def describe_repo(repo: Path | None) -> str:
-    where = repo or REPO
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(where), "log", "-1", "--format=%h"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "?"
-    dirty = subprocess.run(
-        ["git", "-C", str(where), "status", "--porcelain", "--", "trio_asgi_ws"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return f"{where} at {commit}" + (" (trio_asgi_ws/ has uncommitted changes)" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="100 clients, 1 round, fewer messages")
@@ -980,7 +948,7 @@ def main() -> None:
         args.clients, args.rounds, args.unsaturated_messages = [100], 1, 10
     args.repo = repo
     print(
-        f"trio_asgi_ws from {describe_repo(repo)}; {args.client_procs} client process(es); "
+        f"trio_asgi_ws from {describe_checkout(repo or REPO)}; {args.client_procs} client process(es); "
         f"{os.cpu_count()} CPUs."
     )
     for clients in args.clients:

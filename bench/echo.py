@@ -49,6 +49,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from _apps import CONTENDERS, SERVED, StepCounter  # noqa: E402
+from _processes import LineReader  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -95,27 +96,6 @@ WARMUP_PER_CONN = 5
 
 
 # -- line-oriented pipes between the processes ---------------------------------------------------
-
-
-class LineReader:
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = bytearray()
-
-    async def readline(self) -> bytes:
-        """One line without its newline; b"" at end of stream."""
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buffer[:end])
-                del self._buffer[: end + 1]
-                return line
-            chunk = await self._stream.receive_some(65536)
-            if not chunk:
-                line = bytes(self._buffer)
-                self._buffer.clear()
-                return line
-            self._buffer += chunk
 
 
 async def _stdin_lines() -> LineReader:

@@ -49,6 +49,11 @@ from typing import IO, Any
 
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parents[1]
+if str(SCRIPT.parent) not in sys.path:
+    sys.path.insert(0, str(SCRIPT.parent))
+
+from _processes import describe_checkout  # noqa: E402
+
 APPS = ("raw", "plain", "structured", "websockets-trio")
 COMPRESSIONS = ("none", "deflate")
 CONTENDERS = tuple(f"{app}/{compression}" for app in APPS for compression in COMPRESSIONS)
@@ -360,22 +365,6 @@ def parse_contenders(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def describe_repo(repo: Path | None) -> str:
-    where = repo or REPO
-    commit = (
-        subprocess.run(
-            ["git", "-C", str(where), "log", "-1", "--format=%h"], capture_output=True, text=True
-        ).stdout.strip()
-        or "?"
-    )
-    dirty = subprocess.run(
-        ["git", "-C", str(where), "status", "--porcelain", "--", "trio_asgi_ws"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    return f"{where} at {commit}" + (" (trio_asgi_ws/ has uncommitted changes)" if dirty else "")
-
-
 def print_table(
     contenders: tuple[str, ...], samples: dict[str, list[dict[str, Any]]], args: argparse.Namespace
 ) -> None:
@@ -440,7 +429,7 @@ def main() -> None:
         return
     if args.quick:
         args.connections, args.rounds = 200, 1
-    print(f"trio_asgi_ws from {describe_repo(args.repo)}; {os.cpu_count()} CPUs.")
+    print(f"trio_asgi_ws from {describe_checkout(args.repo or REPO)}; {os.cpu_count()} CPUs.")
     contenders: tuple[str, ...] = args.contenders
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     client = Child("--client")
