@@ -8,6 +8,7 @@ raw sockets that parse every frame, so an interleaved or truncated frame fails t
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from tests.integration.attacks import (
 )
 from tests.integration.conftest import ServeFactory
 from tests.integration.served import served
+from tests.leaks import no_leaked_tasks
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws._direct_send import EXTENSION, PARTIAL, REFUSED, WHOLE, DirectSend
 from trio_asgi_ws.broadcast import Broadcast, open_broadcast
@@ -338,7 +340,12 @@ async def test_nothing_is_written_after_the_handler_closes(writes: Counter[int])
 async def test_a_stalled_client_falls_back_to_its_buffer_and_is_dropped_while_the_others_get_all(
     writes: Counter[int],
 ) -> None:
-    async with open_broadcast() as hub, served(room_app(hub, max_buffer=20), send_timeout=1.0) as server:
+    async with (
+        open_broadcast() as hub,
+        served(room_app(hub, max_buffer=20), send_timeout=1.0) as server,
+        no_leaked_tasks(),  # every connection's tasks end, the stalled one's included
+    ):
+        open_files = len(os.listdir("/proc/self/fd"))
         readers = [await join(server.port) for _ in range(4)]
         stalled = await join(server.port, rcvbuf=4096)
         got: list[list[bytes]] = [[] for _ in readers]
@@ -364,3 +371,8 @@ async def test_a_stalled_client_falls_back_to_its_buffer_and_is_dropped_while_th
         assert hub.subscribers("room") == len(readers)
         for client in [*readers, stalled]:
             await client.aclose()
+        for _ in range(100):  # the server closes its side as each handler ends
+            if len(os.listdir("/proc/self/fd")) <= open_files:
+                break
+            await trio.sleep(0.05)
+        assert len(os.listdir("/proc/self/fd")) <= open_files
