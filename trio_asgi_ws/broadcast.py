@@ -56,14 +56,30 @@ from one sender task of the hub that hands a socket back to its own ``forward`` 
 send is found to block.  ``publish()`` then waits only if that sender has 64 messages queued
 (it is out of CPU, not held up by a client).  See ``trio_asgi_ws._fanout``.
 
-Backends: ``memory://`` (this process) and ``redis://host:port/db`` (every process sharing that
-Redis, see ``trio_asgi_ws.backends.redis``).  With Redis, local subscribers receive what this
-process publishes by way of Redis, like everyone else's, so order is Redis's order.  A backend
-implements ``trio_asgi_ws.backends.base.Backend``.
+History and resume
+------------------
+
+Every published message carries an ``id`` (``"<ms>-<seq>"``), ordered within its topic.  With
+``open_broadcast(url, history=N)`` (or a function of the topic returning N) each topic keeps its
+last N messages, and ``subscribe(topic, since=id)`` (or ``forward(..., since=id)``) first delivers
+what the history holds after ``id``, then continues live, with no gap and no duplicate across the
+switch.  ``since=START`` (``"0-0"``) delivers everything kept: a room's last messages on joining.
+The subscription's ``recovered`` then says whether that was everything published after ``id``;
+when the history no longer reaches back that far it is ``False``, the newest messages kept are
+delivered instead, and the app should reload its state.  Replayed messages do not count against
+``max_buffer`` (the history size bounds them).
+
+Backends: ``memory://`` (this process), ``redis://host:port/db`` (every process sharing that
+Redis) and ``redis+cluster://host:port`` (a Redis Cluster, through sharded pub/sub); see
+``trio_asgi_ws.backends.redis``.  A hub asks the backend only for the topics it has subscribers
+on.  With Redis, local subscribers receive what this process publishes by way of Redis, like
+everyone else's, so order is Redis's order.  A backend implements
+``trio_asgi_ws.backends.base.Backend``.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from types import TracebackType
@@ -74,11 +90,12 @@ import trio
 from ._direct_send import encode_frame
 from ._fanout import InlineSender, SocketLink
 from ._groups import open_owned_nursery
-from .backends.base import Backend, BroadcastMessage, BroadcastStatus
+from .backends.base import START, Backend, BroadcastMessage, BroadcastStatus, id_order
 from .backends.memory import MemoryBackend
 from .websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 __all__ = [
+    "START",
     "Broadcast",
     "BroadcastMessage",
     "BroadcastStatus",
@@ -112,12 +129,17 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
     ``trio_asgi_ws.broadcast``.  Reading before the ``async with`` entry raises ``RuntimeError``.
     """
 
-    def __init__(self, hub: Broadcast, topic: str, max_buffer: int, overflow: Overflow) -> None:
+    def __init__(
+        self, hub: Broadcast, topic: str, max_buffer: int, overflow: Overflow, since: str | None
+    ) -> None:
         if overflow not in _POLICIES:
             raise ValueError(f"overflow must be one of {', '.join(_POLICIES)}; got {overflow!r}")
         if not isinstance(max_buffer, int) or max_buffer < 1:
             raise ValueError(f"max_buffer must be a positive int, got {max_buffer!r}")
+        if since is not None:
+            id_order(since)  # ValueError for anything that is not an id
         self.topic = topic
+        self.since = since
         self.max_buffer = max_buffer
         self.overflow: Overflow = overflow
         self._hub = hub
@@ -125,6 +147,8 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         self._entered = False
         self._ended = False
         self._link: SocketLink | None = None  # set by forward(): the socket it sends to
+        self._replay: deque[BroadcastMessage] = deque()  # history, read before the buffer
+        self._after: tuple[int, int] | None = None  # while set, live messages up to it are stale
         self.delivered = 0
         """Messages handed to the subscriber."""
         self.dropped = 0
@@ -133,6 +157,9 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         """The most messages ever waiting in the buffer at once (at most ``max_buffer``)."""
         self.too_slow = False
         """Whether a ``close``-policy overflow ended the subscription."""
+        self.recovered: bool | None = None
+        """With ``since``: whether every message published after it is delivered (the history
+        reached back to it); ``False`` means a gap, so reload state.  ``None`` without ``since``."""
 
     @property
     def buffered(self) -> int:
@@ -148,12 +175,45 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
     # -- the subscriber's side -----------------------------------------------------------------
 
     async def __aenter__(self) -> Subscription:
-        """Subscribe: from here on every message published on ``topic`` is offered to it."""
+        """Subscribe: from here on every message published on ``topic`` is offered to it.
+
+        Waits until the backend delivers the topic here (a Redis subscription confirmed; not
+        while Redis is unreachable), then, with ``since``, reads the history (``recovered`` is
+        set).  Cancelled, or failing (``ConnectionError`` if the history cannot be read), it
+        leaves nothing subscribed.
+        """
         if self._entered:
             raise RuntimeError("a subscription can be entered only once; subscribe again instead")
         self._hub._add(self)
         self._entered = True
+        try:
+            await self._hub._backend.subscribe(self.topic)
+            if self.since is not None:
+                await self._catch_up(self.since)
+        except BaseException:
+            self.close()
+            raise
         return self
+
+    async def _catch_up(self, since: str) -> None:
+        """Queue what the history holds after ``since``, and drop live messages it already has.
+
+        The subscription is live (and buffering) before the history is read, so nothing
+        published meanwhile is missed; whatever is both buffered and in the history is dropped
+        from the buffer, and the backend's copies still on their way are dropped as they arrive
+        (until the first newer one: a topic's live messages come in id order).
+        """
+        replay = await self._hub._backend.replay(self.topic, since)
+        self.recovered = replay.complete
+        self._replay.extend(replay.messages)
+        last = id_order(replay.messages[-1].id) if replay.messages else id_order(since)
+        self._after = last
+        with suppress(trio.WouldBlock, trio.EndOfChannel):
+            while True:  # what arrived while the history was read goes after it, if newer
+                message = self._receive.receive_nowait()
+                if id_order(message.id) > last:
+                    self._after = None
+                    self._replay.append(message)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -166,6 +226,7 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         neither delivered nor dropped), and every ``receive`` raises ``trio.ClosedResourceError``,
         a reader already waiting in one included.  Closing twice does nothing."""
         self._receive.close()  # first, so that a waiting reader gets ClosedResourceError
+        self._replay.clear()
         self._end()
 
     async def aclose(self) -> None:
@@ -182,6 +243,11 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         nothing: a cancelled ``receive()`` has taken no message.
         """
         self._check_entered()
+        if self._replay:
+            await trio.lowlevel.checkpoint()
+            if self._replay:  # not closed meanwhile
+                self.delivered += 1
+                return self._replay.popleft()
         try:
             message = await self._receive.receive()
         except trio.EndOfChannel:
@@ -197,6 +263,9 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         the end exactly as ``receive()`` does, so a polling loop learns that it is over.
         """
         self._check_entered()
+        if self._replay:
+            self.delivered += 1
+            return self._replay.popleft()
         try:
             message = self._receive.receive_nowait()
         except trio.EndOfChannel:
@@ -232,6 +301,10 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         """
         if self._ended:
             return
+        if self._after is not None:  # just caught up from the history: is this one already in it?
+            if id_order(message.id) <= self._after:
+                return
+            self._after = None
         try:
             self._send.send_nowait(message)
         except trio.WouldBlock:
@@ -251,6 +324,10 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         If the subscription ends meanwhile the message is not delivered to it; if the publisher
         is cancelled meanwhile, neither (trio's memory channel takes the message back).
         """
+        if self._after is not None:
+            if id_order(message.id) <= self._after:
+                return
+            self._after = None
         try:
             self._send.send_nowait(message)
         except trio.WouldBlock:
@@ -296,12 +373,22 @@ class Broadcast:
         return self._backend.lost
 
     def subscribe(
-        self, topic: str, *, max_buffer: int = 64, overflow: Overflow = "drop_oldest"
+        self,
+        topic: str,
+        *,
+        max_buffer: int = 64,
+        overflow: Overflow = "drop_oldest",
+        since: str | None = None,
     ) -> Subscription:
         """A subscription to ``topic``, live from its ``async with`` entry to its exit.
 
-        Raises ``ValueError`` for a bad ``max_buffer`` or ``overflow``, or for ``"block"`` on a
-        backend that does not permit it (``redis://``), and ``RuntimeError`` once the hub is closed.
+        With ``since`` (a message id, or ``START``) it first delivers what the topic's history
+        holds after that id, then continues live with no gap and no duplicate; its ``recovered``
+        says whether the history reached back to ``since`` (see the module docstring).
+
+        Raises ``ValueError`` for a bad ``max_buffer``, ``overflow`` or ``since``, or for
+        ``"block"`` on a backend that does not permit it (``redis://``), and ``RuntimeError`` once
+        the hub is closed.
         """
         if self._closed:
             raise RuntimeError("this broadcast hub is closed")
@@ -312,7 +399,7 @@ class Broadcast:
                 "this process; use overflow='close' (nothing lost until SubscriberTooSlow ends it) or "
                 "'drop_oldest', or a memory:// hub for a lossless in-process pipeline"
             )
-        return Subscription(self, topic, max_buffer, overflow)
+        return Subscription(self, topic, max_buffer, overflow, since)
 
     async def publish(self, topic: str, message: Any) -> None:
         """Send ``message`` (str, bytes or JSON-able) to every subscriber of ``topic``.
@@ -340,7 +427,7 @@ class Broadcast:
         blocking: list[Subscription] = []
         for subscription in list(subscriptions):
             link = subscription._link
-            if link is not None:
+            if link is not None and subscription._after is None:
                 if link.direct is not None:
                     if link.idle:
                         if frame is None:
@@ -367,6 +454,7 @@ class Broadcast:
         *,
         max_buffer: int = 64,
         overflow: Overflow = "drop_oldest",
+        since: str | None = None,
         task_status: trio.TaskStatus[Subscription] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Send ``topic``'s messages to ``websocket`` until it closes; run it as a task.
@@ -375,7 +463,10 @@ class Broadcast:
         or ``await nursery.start(...)`` to get the ``Subscription`` and be subscribed before the
         next line runs), so the client leaving cancels it and unsubscribes at once (a message it
         was sending then counts as delivered).  It returns when the socket is gone, and when the
-        hub closes.  A client that stops reading costs one
+        hub closes.  With ``since``, the history after that id is sent first (see
+        ``subscribe``; the ``Subscription`` handed to ``task_status`` has ``recovered`` set, so
+        the app can tell the client about a gap before anything is sent).  A client that stops
+        reading costs one
         bounded buffer; under ``overflow="close"`` a client that falls behind is closed with
         1013 Try Again Later once what was buffered has been sent.  Messages already buffered
         are sent back to back, without a scheduler pass each.
@@ -386,7 +477,9 @@ class Broadcast:
         sender task that hands a socket back to this task once its send is found to block
         (see ``trio_asgi_ws._fanout``).
         """
-        async with self.subscribe(topic, max_buffer=max_buffer, overflow=overflow) as subscription:
+        async with self.subscribe(
+            topic, max_buffer=max_buffer, overflow=overflow, since=since
+        ) as subscription:
             task_status.started(subscription)
             subscription._link = link = SocketLink(websocket, may_send_inline=overflow != "block")
             try:
@@ -416,6 +509,7 @@ class Broadcast:
             subs.pop(subscription, None)
             if not subs:
                 del self._topics[subscription.topic]
+                self._backend.unsubscribe(subscription.topic)
 
     def _close(self) -> None:
         """End every subscription (each reader gets its buffered messages, then the end).
@@ -432,9 +526,12 @@ class Broadcast:
 def open_broadcast(url: str = "memory://", **options: Any) -> AbstractAsyncContextManager[Broadcast]:
     """A hub on ``url`` for the duration of an ``async with`` block, in a nursery of its own.
 
-    ``memory://`` (default) or ``redis://host:port/db`` (``options`` go to the backend, e.g.
-    ``prefix=``).  An unknown URL raises ``ValueError`` here, at the call, and a ``redis://`` URL
-    without the ``redis`` extra installed ``ModuleNotFoundError`` naming the extra.  Entering starts the
+    ``memory://`` (default), ``redis://host:port/db`` or ``redis+cluster://host:port`` (any one
+    node of the cluster).  ``options`` go to the backend: ``history=N`` (every topic keeps its
+    last N messages; or a function of the topic returning N; default 0, none kept) and, for
+    Redis, ``prefix=``.  An unknown URL or a bad ``history`` raises ``ValueError`` here, at the
+    call, and a Redis URL without the ``redis`` extra installed ``ModuleNotFoundError`` naming
+    the extra.  Entering starts the
     backend: an error doing so (``ConnectionError`` for an unreachable Redis) raises as itself.
     Leaving the block ends every subscription (readers get what is buffered, then
     ``trio.EndOfChannel``: ``async for`` stops quietly) and stops the backend's tasks; an error

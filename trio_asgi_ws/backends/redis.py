@@ -1,14 +1,29 @@
-"""The ``redis://host:port/db`` broadcast backend: fan-out across processes through Redis pub/sub.
+"""The Redis broadcast backends: ``redis://host:port/db`` and ``redis+cluster://host:port``.
 
-The hub keeps one pub/sub connection (pattern-subscribed to every topic under ``prefix``) read by
-one task, and one connection for ``PUBLISH``.  Everything published, by this process or another,
-comes back through the reader and is then fanned out locally exactly as with ``memory://``.
+Each topic is a Redis pub/sub channel and a Redis stream, both named after the topic under
+``prefix`` with the topic as the hash tag (``prefix{t:topic}`` and ``prefix{t:topic}:history``;
+``}`` and ``%`` in a topic are escaped), so on a cluster both live in the topic's slot.
 
-If Redis goes away, local subscribers stay subscribed and the reader reconnects with exponential
-backoff (0.1 s doubling to 5 s); ``status`` is ``BroadcastStatus.RECONNECTING`` meanwhile and the
-outage is logged.  Delivery is at most once: messages published while Redis is unreachable (here or
-elsewhere) are lost, counted in ``lost``, and not retried.  Opening a hub while Redis is down
-raises, so a wrong URL is noticed at start-up rather than hidden behind retries.
+Publishing runs one Lua script: ``XADD`` to the topic's stream (trimmed to about the topic's
+history size, or to nothing: the stream then only numbers the messages), then ``PUBLISH`` (on a
+cluster ``SPUBLISH``, sharded pub/sub) of the id and the payload.  Both happen at once, so live
+messages arrive in id order, which is what lets a subscriber switch from the history to live
+delivery without a gap or a duplicate (``trio_asgi_ws.broadcast``).  One stream key per topic
+ever published stays in Redis.
+
+The hub keeps one pub/sub connection (on a cluster, one per master) and subscribes it only to the
+topics it has local subscribers for: ``subscribe`` asks, and returns once Redis confirmed;
+``unsubscribe`` lets go when the last local subscriber left.  One task of the backend applies
+those changes in order, so coming and going never loses or doubles a message for the subscribers
+that stay.
+
+If Redis goes away (on a cluster: any master the hub reads from), local subscribers stay
+subscribed and the reader reconnects with exponential backoff (0.1 s doubling to 5 s),
+resubscribing to every wanted topic; ``status`` is ``BroadcastStatus.RECONNECTING`` meanwhile and
+the outage is logged.  Live delivery is at most once: messages published while Redis is
+unreachable are lost (counted in ``lost`` by the publisher), and messages published elsewhere
+while this hub was cut off do not reach it live (they are in the history, if the topic keeps
+one).  Opening a hub while Redis is down raises, so a wrong URL is noticed at start-up.
 
 ``overflow="block"`` is refused (``permits_block`` is false): the one reader delivers every topic,
 so a single full ``block`` subscriber would stall every topic of the process.
@@ -29,7 +44,7 @@ import trio
 from coredis.retry import NoRetryPolicy
 
 from .._groups import leaves, only_cancelled, raise_unwrapped
-from .base import BroadcastMessage, BroadcastStatus, Deliver
+from .base import BroadcastMessage, BroadcastStatus, Deliver, History, Replay, history_size
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -40,25 +55,86 @@ logger = logging.getLogger("trio_asgi_ws.broadcast")
 
 _TEXT, _BYTES = b"t", b"b"
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.1, 5.0
+_SUBSCRIBE_TIMEOUT = 5.0  # seconds for Redis to confirm a subscription before it counts as down
 # What coredis's anyio streams raise beside the Cancelled when a cancelled pub/sub tears itself
 # down (see _without_teardown_noise).
 _TEARDOWN_NOISE = (anyio.ClosedResourceError, anyio.BrokenResourceError)
 _FAILURES = (coredis.exceptions.RedisError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
+# KEYS[1] the stream; ARGV: trim ('=' or '~'), size, payload, publish command, channel.
+_PUBLISH = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'd', ARGV[3])
+redis.call(ARGV[4], ARGV[5], id .. ' ' .. ARGV[3])
+return id
+"""
+
+# KEYS[1] the stream; ARGV: since, size.  Returns {complete (0/1), entries oldest first}.
+_REPLAY = """
+local function newest()
+  local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[2])
+  local oldest_first = {}
+  for i = #entries, 1, -1 do oldest_first[#oldest_first + 1] = entries[i] end
+  return oldest_first
+end
+local function info(field)
+  local fields = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #fields, 2 do if fields[i] == field then return fields[i + 1] end end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {ARGV[1] == '0-0' and 1 or 0, {}}
+end
+if ARGV[1] == '0-0' then
+  local entries = newest()
+  return {info('entries-added') == #entries and 1 or 0, entries}
+end
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+')
+if #entries > 0 and entries[1][1] == ARGV[1] then
+  table.remove(entries, 1)
+  return {1, entries}
+end
+if #entries == 0 and info('last-generated-id') == ARGV[1] then
+  return {1, {}}
+end
+return {0, newest()}
+"""
+
 
 class RedisBackend:
-    """Publishes to, and reads from, Redis channels named ``prefix + topic``."""
+    """Publishes to, and reads from, one Redis (``cluster=False``) or a Redis Cluster."""
 
     permits_block: ClassVar[bool] = False  # one reader for every topic: see the module docstring
 
-    def __init__(self, url: str, *, prefix: str = "trio_asgi_ws:") -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "trio_asgi_ws:", history: History = 0, cluster: bool = False
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix must not contain '{{' or '}}' (it would move the hash tag): {prefix!r}")
+        history_size(history, "")  # a bad constant fails here, at open_broadcast
         self._url = url
         self._prefix = prefix
-        self._client: Any = coredis.Redis.from_url(url, retry_policy=NoRetryPolicy())
+        self._history = history
+        self._cluster = cluster
+        if cluster:
+            self._client: Any = coredis.RedisCluster.from_url(
+                url.replace("+cluster", "", 1), retry_policy=NoRetryPolicy()
+            )
+        else:
+            self._client = coredis.Redis.from_url(url, retry_policy=NoRetryPolicy())
+        self._publish_script: Any = self._client.register_script(_PUBLISH)
+        self._replay_script: Any = self._client.register_script(_REPLAY)
+        self._publish_command = "SPUBLISH" if cluster else "PUBLISH"
+        self._wanted: dict[str, trio.Event] = {}  # topic -> set once Redis delivers it here
+        self._channels: dict[bytes, str] = {}  # channel -> topic, for every wanted topic
+        self._wanted_changed = trio.Event()
         self.status = BroadcastStatus.CONNECTING
         self._status_changed = trio.Event()
         self.lost = 0
         self.outages = 0
+
+    def channel(self, topic: str) -> str:
+        """The pub/sub channel of ``topic`` (its stream is this plus ``:history``)."""
+        escaped = topic.replace("%", "%25").replace("}", "%7D")
+        return f"{self._prefix}{{t:{escaped}}}"
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -67,18 +143,52 @@ class RedisBackend:
             payload = _TEXT + message.data.encode("utf-8")
         else:
             payload = _BYTES + message.data
+        size = history_size(self._history, message.topic)
+        channel = self.channel(message.topic)
         try:
-            await self._client.publish(self._prefix + message.topic, payload)
+            await self._publish_script(
+                keys=[channel + ":history"],
+                args=["~" if size else "=", size, payload, self._publish_command, channel],
+            )
         except _FAILURES as error:
             self.lost += 1
             logger.warning("Broadcast to %r lost, Redis unreachable: %r", message.topic, error)
+
+    async def replay(self, topic: str, since: str) -> Replay:
+        size = history_size(self._history, topic)
+        try:
+            complete, entries = await self._replay_script(
+                keys=[self.channel(topic) + ":history"], args=[since, max(size, 1)]
+            )
+        except _FAILURES as error:
+            raise ConnectionError(f"cannot read the history of {topic!r} from Redis: {error}") from error
+        messages = [_decode(topic, _text(id), fields[1]) for id, fields in entries]
+        return Replay(messages, complete=bool(complete))
+
+    # -- what this hub reads -------------------------------------------------------------------
+
+    async def subscribe(self, topic: str) -> None:
+        ready = self._wanted.get(topic)
+        if ready is None:
+            ready = self._wanted[topic] = trio.Event()
+            self._channels[self.channel(topic).encode()] = topic
+            self._wanted_changed.set()
+        if self.status != BroadcastStatus.CONNECTED:
+            await trio.lowlevel.checkpoint()  # delivery starts when Redis is back
+        else:
+            await ready.wait()
+
+    def unsubscribe(self, topic: str) -> None:
+        if self._wanted.pop(topic, None) is not None:
+            del self._channels[self.channel(topic).encode()]
+            self._wanted_changed.set()
 
     # -- reading -------------------------------------------------------------------------------
 
     async def run(
         self, deliver: Deliver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Read the pattern subscription forever, reconnecting with backoff after an outage."""
+        """Read the subscribed topics forever, reconnecting with backoff after an outage."""
         try:
             async with self._client:
                 await self._read(deliver, task_status)  # the first connection must work
@@ -94,28 +204,30 @@ class RedisBackend:
             if await self._read(deliver, trio.TASK_STATUS_IGNORED):
                 backoff = _FIRST_BACKOFF
 
+    def _pubsub(self) -> Any:
+        options: dict[str, Any] = {
+            "ignore_subscribe_messages": True,
+            "retry_policy": NoRetryPolicy(),
+            "subscription_timeout": _SUBSCRIBE_TIMEOUT,
+        }
+        if self._cluster:
+            return self._client.sharded_pubsub(**options)
+        return self._client.pubsub(**options)
+
     async def _read(self, deliver: Deliver, task_status: trio.TaskStatus[None]) -> bool:
         """Subscribe and deliver until the connection fails; return whether it connected at all."""
         connected = False
-        pattern = self._prefix + "*"
-        start = len(self._prefix)
-        pubsub = self._client.pubsub(
-            patterns=[pattern], ignore_subscribe_messages=True, retry_policy=NoRetryPolicy()
-        )
         try:
-            async with pubsub:
+            async with self._pubsub() as pubsub, trio.open_nursery() as nursery:
                 if self.status == BroadcastStatus.RECONNECTING:
                     logger.warning("Redis reachable again at %s: broadcast resumed", self._url)
+                for topic in self._wanted:  # each waits for this connection's confirmation
+                    self._wanted[topic] = trio.Event()
                 self._set_status(BroadcastStatus.CONNECTED)
                 connected = True
+                nursery.start_soon(self._follow_wanted, pubsub)
                 task_status.started()
-                async for message in pubsub:
-                    if message["type"] != "pmessage":
-                        continue
-                    topic = _text(message["channel"])[start:]
-                    payload = bytes(message["data"])
-                    data: str | bytes = payload[1:].decode("utf-8") if payload[:1] == _TEXT else payload[1:]
-                    await deliver(BroadcastMessage.encode(topic, data))
+                await self._deliver_from(pubsub, deliver)
         except _FAILURES as error:
             self._outage(error)
         except BaseExceptionGroup as group:  # coredis's anyio task groups wrap what went wrong
@@ -126,8 +238,47 @@ class RedisBackend:
             self._outage(leaves(failures)[0])
         return connected
 
+    async def _follow_wanted(self, pubsub: Any) -> None:
+        """Subscribe ``pubsub`` to every wanted topic and no other, as the wanted set changes.
+
+        Changes are applied in order, one command at a time, each awaited until Redis confirms
+        it; a topic wanted again while its unsubscription is under way is subscribed again.
+        """
+        subscribed: set[str] = set()
+        while True:
+            self._wanted_changed = trio.Event()
+            to_add = [topic for topic in self._wanted if topic not in subscribed]
+            to_drop = [topic for topic in subscribed if topic not in self._wanted]
+            if to_add:
+                await pubsub.subscribe(*(self.channel(topic) for topic in to_add))
+                subscribed.update(to_add)
+                for topic in to_add:
+                    ready = self._wanted.get(topic)
+                    if ready is not None:
+                        ready.set()
+            if to_drop:
+                await pubsub.unsubscribe(*(self.channel(topic) for topic in to_drop))
+                subscribed.difference_update(to_drop)
+            await self._wanted_changed.wait()
+
+    async def _deliver_from(self, pubsub: Any, deliver: Deliver) -> None:
+        while True:
+            message = await pubsub.get_message()
+            if message is None or message["type"] not in ("message", "smessage"):
+                continue
+            channel = message["channel"]
+            topic = self._channels.get(channel if isinstance(channel, bytes) else channel.encode())
+            if topic is None:  # unsubscribed since it was sent
+                continue
+            id, _, payload = bytes(message["data"]).partition(b" ")
+            await deliver(_decode(topic, id.decode("ascii"), payload))
+
     def _outage(self, error: BaseException) -> None:
-        """The connection failed: raise at start-up, else log the outage once and carry on."""
+        """The connection failed: raise at start-up, else log the outage once and carry on.
+
+        Subscribers waiting for Redis to confirm their topic are let go (delivery resumes with
+        the reconnection).
+        """
         if self.status == BroadcastStatus.CONNECTING:
             raise ConnectionError(f"cannot reach Redis at {self._url}: {error}") from None
         if self.status == BroadcastStatus.CONNECTED:
@@ -136,6 +287,8 @@ class RedisBackend:
                 "Redis at %s unreachable (%s): reconnecting; broadcasts meanwhile are lost", self._url, error
             )
         self._set_status(BroadcastStatus.RECONNECTING)
+        for ready in self._wanted.values():
+            ready.set()
 
     def _set_status(self, status: BroadcastStatus) -> None:
         if status != self.status:
@@ -146,6 +299,11 @@ class RedisBackend:
     async def status_changed(self) -> None:
         """Return at the next change of ``status``."""
         await self._status_changed.wait()
+
+
+def _decode(topic: str, id: str, payload: bytes) -> BroadcastMessage:
+    data: str | bytes = payload[1:].decode("utf-8") if payload[:1] == _TEXT else payload[1:]
+    return BroadcastMessage.encode(topic, data, id)
 
 
 def _without_teardown_noise(
