@@ -55,12 +55,30 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SERVE_SUFFIX = "-serve"
 """``NAME-serve``: the app ``NAME`` served by ``trio_asgi_ws.server.serve()`` instead of hypercorn's."""
-ALL_CONTENDERS = CONTENDERS + tuple(name + SERVE_SUFFIX for name in CONTENDERS)
+METRICS_SUFFIX = "-metrics"
+"""``NAME-metrics``: as ``NAME-serve``, with Prometheus metrics on (``metrics_port``)."""
+ALL_CONTENDERS = (
+    CONTENDERS
+    + tuple(name + SERVE_SUFFIX for name in CONTENDERS)
+    + tuple(name + METRICS_SUFFIX for name in CONTENDERS)
+)
 
 
 def app_name(contender: str) -> str:
-    """The ``_apps`` app a contender runs (``raw-serve`` runs ``raw``)."""
-    return contender.removesuffix(SERVE_SUFFIX)
+    """The ``_apps`` app a contender runs (``raw-serve`` and ``raw-metrics`` run ``raw``)."""
+    return contender.removesuffix(SERVE_SUFFIX).removesuffix(METRICS_SUFFIX)
+
+
+def paired_with(contender: str, contenders: tuple[str, ...]) -> str | None:
+    """What a contender's extra ratio column compares it with: ``NAME-serve`` to ``NAME``,
+    ``NAME-metrics`` to ``NAME-serve`` (metrics on vs off, same serving path)."""
+    if contender.endswith(METRICS_SUFFIX):
+        other = app_name(contender) + SERVE_SUFFIX
+    elif contender.endswith(SERVE_SUFFIX):
+        other = app_name(contender)
+    else:
+        return None
+    return other if other in contenders else None
 
 
 def parse_contenders(text: str) -> tuple[str, ...]:
@@ -125,16 +143,26 @@ async def serve(contender: str, counter: StepCounter | None) -> None:
             _reply(dict(counter.steps) if counter is not None else {})
 
     async with trio.open_nursery() as nursery:
-        if contender.endswith(SERVE_SUFFIX):
+        if contender.endswith((SERVE_SUFFIX, METRICS_SUFFIX)):
             from trio_asgi_ws.server import serve as our_serve
 
             # serve() logs through the root logger ("Running on ...", at INFO): keep it quiet, and
             # off stdout, which carries the replies to the parent.  Otherwise serve()'s defaults:
             # 1 MiB messages, pings every 20 s, read_timeout 60 s, send_timeout 10 s, no compression.
+            # NAME-metrics: the same, counting for Prometheus, with /metrics on a free port (never
+            # scraped during a run: a scrape's cost is per scrape, not per message).  The connection
+            # log stays off in both (its logger is below INFO here).
             logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+            metrics = {"metrics_port": 0} if contender.endswith(METRICS_SUFFIX) else {}
             binds = await nursery.start(
                 functools.partial(
-                    our_serve, app, "127.0.0.1", 0, shutdown_trigger=parent_gone, handle_signals=False
+                    our_serve,
+                    app,
+                    "127.0.0.1",
+                    0,
+                    shutdown_trigger=parent_gone,
+                    handle_signals=False,
+                    **metrics,
                 )
             )
         else:
@@ -366,7 +394,7 @@ def _median_ratio(runs: list[dict[str, float]], bases: list[dict[str, float]]) -
 def print_table(contenders: tuple[str, ...], samples: dict[tuple[str, str], list[dict[str, float]]],
                 rounds: int, quick: bool) -> None:
     baseline = "raw" if "raw" in contenders else contenders[0]
-    paired = any(c.endswith(SERVE_SUFFIX) and app_name(c) in contenders for c in contenders)
+    paired = any(paired_with(c, contenders) for c in contenders)
     print()
     print(
         f"Echo over loopback, request/response; medians of {rounds} rounds{' (--quick)' if quick else ''}; "
@@ -374,9 +402,10 @@ def print_table(contenders: tuple[str, ...], samples: dict[tuple[str, str], list
     )
     print("NAME: hypercorn.trio.serve with a plain Config; NAME-serve: trio_asgi_ws.server.serve().")
     if paired:
-        print("vs hypercorn: NAME-serve's CPU ratio to NAME (same app, same round).")
+        print("NAME-metrics: serve() with metrics_port (metrics on).")
+        print("paired: NAME-serve's CPU ratio to NAME, NAME-metrics' to NAME-serve (same app, same round).")
     print()
-    extra_head, extra_rule = (" CPU ratio vs hypercorn |", "---:|") if paired else ("", "")
+    extra_head, extra_rule = (" CPU ratio paired |", "---:|") if paired else ("", "")
     print(f"| workload | contender | msgs/s | p50 ms | p99 ms | server CPU µs/msg | CPU ratio vs {baseline} |"
           + extra_head)
     print("|---|---|---:|---:|---:|---:|---:|" + extra_rule)
@@ -386,9 +415,9 @@ def print_table(contenders: tuple[str, ...], samples: dict[tuple[str, str], list
             runs = samples[workload.name, contender]
             extra = ""
             if paired:
-                plain_name = app_name(contender)
-                if contender != plain_name and plain_name in contenders:
-                    extra = f" {_median_ratio(runs, samples[workload.name, plain_name]):.2f} |"
+                other = paired_with(contender, contenders)
+                if other is not None:
+                    extra = f" {_median_ratio(runs, samples[workload.name, other]):.3f} |"
                 else:
                     extra = " |"
             print(

@@ -5,6 +5,11 @@ with ``--reload`` it restarts them when a ``.py`` file under the current directo
 Either way SIGINT/SIGTERM reach every worker, each closes its WebSockets with 1001, and the
 command exits 0 once they have all stopped.
 
+``--metrics-port PORT`` serves Prometheus metrics on ``http://HOST:PORT/metrics`` (the
+``metrics`` extra; with ``--workers`` the supervisor serves the sum over its workers).  Each
+WebSocket leaves one INFO line at its end on the ``trio_asgi_ws.connections`` logger (the
+connection log); ``--no-connection-log`` turns it off, as does ``--log-level WARNING``.
+
 If the app's lifespan startup fails, nothing is served: the failure is logged on one ERROR
 record (its first line names the error, the app's traceback follows) and the command exits with
 status 3 (``STARTUP_FAILURE``, as uvicorn does); with ``--workers`` the supervisor then stops the
@@ -114,7 +119,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--certfile", help="serve TLS (wss://) with this PEM certificate chain")
     parser.add_argument("--keyfile", help="the PEM private key for --certfile")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port of --host, at /metrics (needs the metrics extra)",
+    )
+    parser.add_argument(
+        "--no-connection-log",
+        action="store_true",
+        help="no INFO line per WebSocket on the trio_asgi_ws.connections logger",
+    )
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
+    parser.add_argument("--metrics-fd", type=int, default=None, help=argparse.SUPPRESS)  # likewise
     return parser
 
 
@@ -144,13 +161,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_config(args.host, args.port, **options)
     except ValueError as error:
         parser.error(str(error))
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            parser.error(f"--metrics-port must be a port number, got {args.metrics_port}")
+        try:
+            import prometheus_client  # noqa: F401
+        except ModuleNotFoundError:
+            parser.error("--metrics-port needs prometheus-client: pip install 'trio_asgi_ws[metrics]'")
+    options["connection_log"] = not args.no_connection_log
     if args.fd is not None:  # a worker: serve on the socket the supervisor bound, while it lives
         options["sockets"] = socket.socket(fileno=args.fd)
+        if args.metrics_fd is not None:  # the supervisor serves the metrics, asking us for ours
+            options["metrics_socket"] = socket.socket(fileno=args.metrics_fd)
         options["shutdown_trigger"] = partial(_parent_gone, os.getppid())
         _handle_termination_signals(_already_stopping)
     elif args.workers > 1 or args.reload:
         worker_argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--reload"]
-        return trio.run(supervise, worker_argv, args.host, args.port, args.workers, args.reload)
+        return trio.run(
+            partial(
+                supervise,
+                worker_argv,
+                args.host,
+                args.port,
+                args.workers,
+                args.reload,
+                metrics_port=args.metrics_port,
+            )
+        )
+    else:
+        options["metrics_port"] = args.metrics_port
     try:
         trio.run(lambda: serve(app, args.host, args.port, **options))
     except StartupFailed as failure:

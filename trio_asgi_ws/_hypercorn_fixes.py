@@ -112,6 +112,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
 from wsproto.handshake import server_extensions_handshake
 
+from ._counters import TALLY_KEY, ConnectionTally, Counters
 from ._direct_send import EXTENSION, DirectSend
 
 __all__ = ["TESTED_HYPERCORN", "Compression", "ConnectionGuard", "GuardedConfig", "applied"]
@@ -137,6 +138,8 @@ class GuardedConfig(Config):
 
     send_timeout: float | None = 10.0
     compression: Compression = None
+    counters: Counters | None = None
+    """The server's figures for metrics and the connection log; None: nothing is counted."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -189,9 +192,9 @@ class ConnectionGuard:
             for connection in list(self._live):
                 sending, receiving = connection.send_waiting_since, connection.receive_waiting_since
                 if sending is not None and now - sending > send_timeout:
-                    connection.abort(f"no send progress for {send_timeout:g} s")
+                    connection.abort(f"no send progress for {send_timeout:g} s", "send_timeout")
                 elif receiving is not None and now - receiving > read_timeout:
-                    connection.abort(f"nothing received for {read_timeout:g} s")
+                    connection.abort(f"nothing received for {read_timeout:g} s", "read_timeout")
 
     def abort_all(self) -> None:
         """Close the socket of every connection still open (their tasks then end at once).
@@ -201,7 +204,7 @@ class ConnectionGuard:
         if self._live:
             logger.warning("Aborting %d connection(s) still open at the end of shutdown", len(self._live))
         for connection in list(self._live):
-            connection.abort(None)
+            connection.abort(None, "shutdown")
         deadline = trio.current_time() + _DISCONNECT_NOTICE_TIMEOUT
         for scope in self._shielded:
             scope.deadline = min(scope.deadline, deadline)
@@ -222,16 +225,27 @@ class _GuardedTCPServer(TCPServer):
     queue is full, or the data is being handled)."""
     tail: memoryview | None = None
     """What a direct write (addition 9) left unwritten of its frame: the next write sends it first."""
+    dropped_for: str | None = None
+    """Why the guard aborted this connection (``send_timeout``, ``read_timeout``, ``shutdown``)."""
 
     async def run(self) -> None:
         with self.config.guard.watching(self):
             await super().run()
 
-    def abort(self, reason: str | None) -> None:
-        """Close the socket now: a send or receive blocked on it raises ``ClosedResourceError``."""
+    def abort(self, reason: str | None, kind: str) -> None:
+        """Close the socket now: a send or receive blocked on it raises ``ClosedResourceError``.
+
+        ``kind`` names the drop in the metrics (``send_timeout``, ``read_timeout``, ``shutdown``).
+        """
         if reason is not None:
             logger.info("Dropping connection from %s: %s", _peer(self.stream), reason)
-        _socket(self.stream).close()
+        sock = _socket(self.stream)
+        if self.dropped_for is None and sock.fileno() != -1:
+            self.dropped_for = kind
+            counters = self.config.counters
+            if counters is not None:
+                counters.dropped(kind)
+        sock.close()
 
     async def protocol_send(self, event: Any) -> None:
         if not isinstance(event, RawData):
@@ -349,11 +363,21 @@ class _BoundedBuffer(WebsocketBuffer):
 
 
 class _GuardedWSStream(WSStream):
-    """hypercorn's WebSocket stream with fixes 1, 2, 5, 6 and 8 (see the module docstring)."""
+    """hypercorn's WebSocket stream with fixes 1, 2, 5, 6 and 8 (see the module docstring).
+
+    It also keeps the connection's ``ConnectionTally`` when the server counts (``_counters``):
+    messages and payload bytes each way (a text message counts its UTF-8 bytes), the close code
+    and which side closed first (the client's close frame, or the app's close, hypercorn's 1011
+    for an app that returned while open, or a refusal here; a connection that ends with neither
+    is a 1006, the client's doing unless the guard aborted it).  The tally ends when the stream
+    closes, with the close (or the drop) that ended it.
+    """
 
     config: GuardedConfig
 
     def __init__(self, *args: Any) -> None:
+        self.tally: ConnectionTally | None = None
+        self._ending: tuple[int, str] | None = None  # the first close: (code, "client"/"server")
         self._closed_event = trio.Event()
         self._refused_with: int | None = None
         self._disconnect_reported = False
@@ -374,6 +398,8 @@ class _GuardedWSStream(WSStream):
         if server is not None:
             self.direct_send = DirectSend(self, server)
             scope["extensions"][EXTENSION] = self.direct_send
+        if self.config.counters is not None:
+            self.tally = scope[TALLY_KEY] = ConnectionTally(scope)
         self._scope = scope
 
     @property
@@ -406,6 +432,8 @@ class _GuardedWSStream(WSStream):
             return
         self.closed = True
         self._disconnect_reported = True
+        if self.tally is not None:
+            self._end_tally(self.tally)
         if self.app_put is None or self._app_finished:  # nobody will read it
             return
         if self._refused_with is not None:
@@ -440,7 +468,55 @@ class _GuardedWSStream(WSStream):
             self._app_finished = True
             if self._pending_put is not None:
                 self._pending_put.cancel()
+        if self.tally is not None and not self.closed:
+            self._count_sent(self.tally, message)
         await super().app_send(message)
+
+    # -- counting (only with a tally) ----------------------------------------------------------
+
+    def _count_sent(self, tally: ConnectionTally, message: Any) -> None:
+        """Count what the app sends before hypercorn handles it (same state checks as its own)."""
+        state = self.state
+        if message is None:
+            if state is ASGIWebsocketState.HANDSHAKE:  # hypercorn answers HTTP 500
+                self._rejected(tally, "error")
+            elif state is ASGIWebsocketState.CONNECTED and self._ending is None:
+                self._ending = (int(CloseReason.INTERNAL_ERROR), "server")
+            return
+        kind = message["type"]
+        if state is ASGIWebsocketState.CONNECTED:
+            if kind == "websocket.send":
+                data = message.get("bytes")
+                if data is None:
+                    data = message["text"]
+                    size = len(data) if data.isascii() else len(data.encode())
+                else:
+                    size = len(data)
+                tally.sent_messages += 1
+                tally.sent_bytes += size
+            elif kind == "websocket.close" and self._ending is None:
+                self._ending = (int(message.get("code", CloseReason.NORMAL_CLOSURE)), "server")
+        elif state is ASGIWebsocketState.HANDSHAKE and kind in (
+            "websocket.close",
+            "websocket.http.response.start",
+        ):
+            self._rejected(tally, "denial")
+
+    def _rejected(self, tally: ConnectionTally, default: str) -> None:
+        assert self.config.counters is not None  # a tally exists only then
+        self.config.counters.rejected(tally, default)
+
+    def _end_tally(self, tally: ConnectionTally) -> None:
+        """The stream closed: hand the tally to the server's counters, with how it ended."""
+        assert self.config.counters is not None  # a tally exists only then
+        dropped = None
+        if self._ending is not None:
+            code, side = self._ending
+        else:
+            server = _guarded_server(self.send)
+            dropped = server.dropped_for if server is not None else None
+            code, side = int(CloseReason.ABNORMAL_CLOSURE), "client" if dropped is None else "server"
+        self.config.counters.ended(tally, code, side, dropped)
 
     async def _accept(self, message: Any) -> None:
         offers, self.handshake.extensions = self.handshake.extensions, None
@@ -456,6 +532,9 @@ class _GuardedWSStream(WSStream):
                 connection = Connection(ConnectionType.SERVER, [deflate])
         self.state = ASGIWebsocketState.CONNECTED
         self.connection = connection
+        if self.tally is not None:
+            assert self.config.counters is not None  # a tally exists only then
+            self.config.counters.opened(self.tally)
         if self.direct_send is not None:
             self.direct_send.usable = not agreed  # deflate frames differ per socket
         await self.send(Response(stream_id=self.stream_id, status_code=status_code, headers=headers))
@@ -475,7 +554,18 @@ class _GuardedWSStream(WSStream):
                     return
                 if event.message_finished:
                     assert self.app_put is not None  # set before the handshake is accepted
-                    await self.app_put(self.buffer.to_message())
+                    message = self.buffer.to_message()
+                    tally = self.tally
+                    if tally is not None:
+                        data = message["bytes"]
+                        if data is None:
+                            data = message["text"]
+                            size = len(data) if data.isascii() else len(data.encode())
+                        else:
+                            size = len(data)
+                        tally.received_messages += 1
+                        tally.received_bytes += size
+                    await self.app_put(message)
                     self.buffer.clear()
             elif isinstance(event, Ping):
                 await self._send_wsproto_event(event.response())
@@ -484,6 +574,8 @@ class _GuardedWSStream(WSStream):
                     await self._refuse(event.code)
                     return
                 if self.connection.state is ConnectionState.REMOTE_CLOSING:
+                    if self._ending is None:
+                        self._ending = (int(event.code), "client")
                     await self._send_wsproto_event(event.response())
                 await self.send(StreamClosed(stream_id=self.stream_id))
 
@@ -491,6 +583,11 @@ class _GuardedWSStream(WSStream):
         """Send a close frame with ``code`` and drop the connection without reading on."""
         self.buffer.clear()
         self._refused_with = int(code)
+        if self.tally is not None and self._ending is None:
+            self._ending = (int(code), "server")
+        counters = self.config.counters
+        if counters is not None:
+            counters.dropped("oversize" if code == CloseReason.MESSAGE_TOO_BIG else "protocol_error")
         await self._send_wsproto_event(CloseConnection(code=code))
         await self.send(StreamClosed(stream_id=self.stream_id))
 
@@ -516,6 +613,13 @@ def _plain_http11_server(send: Any) -> _GuardedTCPServer | None:
     if not isinstance(server, _GuardedTCPServer) or not isinstance(server.stream, trio.SocketStream):
         return None  # not ours, or TLS
     return server
+
+
+def _guarded_server(send: Any) -> _GuardedTCPServer | None:
+    """The guarded TCP server under a WebSocket stream's ``send`` (HTTP/1.1 or 2, TLS or not)."""
+    protocol = getattr(send, "__self__", None)
+    server = getattr(getattr(protocol, "send", None), "__self__", None)
+    return server if isinstance(server, _GuardedTCPServer) else None
 
 
 def _tcp_server(app: Any, config: Any, *args: Any) -> Any:

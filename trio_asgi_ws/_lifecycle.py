@@ -26,6 +26,7 @@ from typing import Final
 
 import trio
 
+from ._counters import TALLY_KEY, note_rejection
 from ._groups import only_cancelled, open_owned_nursery, raise_unwrapped
 from ._pump import ReceivePump
 from ._states import CONNECTED, CONNECTING, DISCONNECTED, ConnectionState
@@ -143,6 +144,7 @@ class Lifecycle:
             max_bytes=settings.max_buffered_bytes,
             takeover_delay=settings.takeover_delay,
             linger=settings.drain_timeout,
+            tally=self._scope.get(TALLY_KEY),
         )
         owned = open_owned_nursery()
         nursery = await owned.__aenter__()
@@ -196,6 +198,9 @@ class Lifecycle:
 
     def _overflow(self) -> None:
         self.overflowed = True
+        tally = self._scope.get(TALLY_KEY)
+        if tally is not None:
+            tally.receive_overflows += 1
         self.cancel_block()
 
     # -- the plain mode -----------------------------------------------------------------------
@@ -241,6 +246,8 @@ class Lifecycle:
             if states.application is CONNECTING:
                 denials = "websocket.http.response" in self._scope.get("extensions", {})
                 with contextlib.suppress(WebSocketDisconnect):  # the client left mid-handshake
+                    if code == INTERNAL_ERROR:
+                        note_rejection(self._scope, "error")
                     if code == INTERNAL_ERROR and denials:
                         await self._deny(_internal_error_response)
                     else:

@@ -79,6 +79,7 @@ from typing import Final
 
 import trio
 
+from ._counters import ConnectionTally
 from ._types import Message, Receive
 from ._watcher import LONGEST_LOOK_INTERVAL, LOOK_INTERVAL, Watcher, watch
 
@@ -126,6 +127,7 @@ class ReceivePump:
         "_receive",
         "_sending_since",
         "_takeover_delay",
+        "_tally",
         "_timed_departure",
         "_watcher",
         "departure_sent",
@@ -145,6 +147,7 @@ class ReceivePump:
         max_bytes: int,
         takeover_delay: float,
         linger: float,
+        tally: ConnectionTally | None = None,
     ) -> None:
         if max_messages < 1:
             raise ValueError(f"max_messages must be at least 1, got {max_messages!r}")
@@ -161,6 +164,7 @@ class ReceivePump:
         self._max_bytes = max_bytes
         self._takeover_delay = takeover_delay
         self._linger = linger
+        self._tally = tally  # counts takeovers when the server counts (``_counters``)
         self._channel: tuple[trio.MemorySendChannel[Message], trio.MemoryReceiveChannel[Message]] | None
         self._channel = None  # opened at the first takeover
         self._queued = 0  # items in the channel, control markers included
@@ -300,6 +304,8 @@ class ReceivePump:
             self._channel = trio.open_memory_channel[Message](self._max_messages + _CONTROL_SLOTS)
         self._read_scope = trio.CancelScope()
         self._pump_reading = self.relaying = True
+        if self._tally is not None:
+            self._tally.pump_takeovers += 1
         nursery.start_soon(self._read, name=f"trio_asgi_ws pump {self._path}")
 
     # -- the reader task --------------------------------------------------------------------

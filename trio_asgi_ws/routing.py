@@ -38,6 +38,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
+from ._counters import note_rejection
 from ._types import ASGIApp, Receive, Scope, Send
 from .datastructures import Headers, URLPath, split_root_path
 from .endpoints import WebSocketEndpoint
@@ -287,6 +288,7 @@ class WebSocketRoute:
         else:
             params = self.match(split_root_path(scope)[1] or "/")
             if params is None:
+                note_rejection(scope, "no_route")
                 await WebSocketClose()(scope, receive, send)
                 return
             scope["path_params"] = {**scope.get("path_params", {}), **params}
@@ -297,6 +299,7 @@ class WebSocketRoute:
         if not origins.allows(scope):
             path = split_root_path(scope)[1] or "/"
             logger.info("Rejected WebSocket %s from origin %r", path, Headers(scope=scope).get("origin"))
+            note_rejection(scope, "origin")
             await WebSocketClose()(scope, receive, send)
             return
         await self.handle(scope, receive, send)
@@ -404,6 +407,7 @@ class Router:
             scope["path_params"] = {**scope.get("path_params", {}), **params}
             await route._admit(route.origins or self.origins, scope, receive, send)
             return
+        note_rejection(scope, "no_route")
         await WebSocketClose()(scope, receive, send)
 
 

@@ -18,6 +18,11 @@ Defaults differ from hypercorn's where WebSockets need it: messages are limited 
 connection that sends nothing, not even a pong, for ``read_timeout`` seconds is dropped, and so
 is one whose sends make no progress for ``send_timeout`` seconds.
 
+Operations (docs/operations.md): ``metrics_port`` serves Prometheus metrics on ``/metrics`` (the
+``metrics`` extra), and ``connection_log`` writes one INFO line per WebSocket at its end on the
+``trio_asgi_ws.connections`` logger.  With neither (or with the log's logger not enabled for
+INFO when ``serve()`` starts) nothing is counted and a message costs nothing extra.
+
 If the app's lifespan startup fails (it sends ``lifespan.startup.failed``), nothing is served: no
 socket is accepted on, and ``serve()`` raises ``StartupFailed`` carrying the app's message (a
 router's holds the traceback).  ``python -m trio_asgi_ws`` logs it on one ERROR record and exits
@@ -39,9 +44,11 @@ from hypercorn.config import Sockets
 from hypercorn.trio.run import worker_serve
 
 from . import _hypercorn_fixes
+from ._counters import CONNECTION_LOGGER, Counters, note_rejection
 from ._hypercorn_fixes import Compression, GuardedConfig
 from ._lifecycle import GOING_AWAY, GOING_AWAY_KEY
 from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._worker_metrics import answer_snapshots
 
 __all__ = ["GracefulShutdown", "StartupFailed", "build_config", "serve"]
 
@@ -145,6 +152,7 @@ class GracefulShutdown:
             await self.app(scope, receive, send)
             return
         if self.closing:
+            note_rejection(scope, "shutdown")
             await receive()  # websocket.connect
             await send(_GOING_AWAY_CLOSE)
             return
@@ -236,6 +244,9 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     handle_signals: bool = True,
     sockets: socket.socket | None = None,
+    metrics_port: int | None = None,
+    connection_log: bool = True,
+    metrics_socket: socket.socket | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     **options: Any,
 ) -> None:
@@ -246,10 +257,27 @@ async def serve(
     already listening socket to serve on instead of binding ``host:port`` (worker processes
     share one this way).  ``options`` are passed to ``build_config``.
 
+    ``metrics_port``: serve Prometheus metrics on ``http://host:metrics_port/metrics`` (0: a free
+    port, logged as "Metrics on ..."); needs the ``metrics`` extra.  The responder runs in
+    ``serve()``'s nursery and stops with it.  ``connection_log``: one INFO line per WebSocket
+    at its end on the ``trio_asgi_ws.connections`` logger, when that logger is enabled for INFO
+    as ``serve()`` starts.  ``metrics_socket``: what ``--workers`` uses instead of a port: one
+    end of a socket pair on which the supervisor asks for this worker's figures
+    (``_worker_metrics``).
+
     Raises ``StartupFailed``, without having served anything, when the app's lifespan startup
     fails.
     """
     config = build_config(host, port, **options)
+    log_connections = connection_log and logging.getLogger(CONNECTION_LOGGER).isEnabledFor(logging.INFO)
+    if metrics_port is not None or metrics_socket is not None or log_connections:
+        config.counters = Counters(log_connections=log_connections)
+    responder: Callable[..., Awaitable[None]] | None = None
+    if metrics_port is not None:
+        from .metrics import serve_metrics  # prometheus_client only when asked for
+
+        responder = serve_metrics
+
     tracker = GracefulShutdown(app)
     stop = trio.Event()
     worker_scope = trio.CancelScope()
@@ -282,6 +310,16 @@ async def serve(
             if shutdown_trigger is not None:
                 nursery.start_soon(_set_when_returned, shutdown_trigger, stop)
             nursery.start_soon(config.guard.run)
+            counters = config.counters
+            if responder is not None and counters is not None:
+
+                async def snapshot() -> dict[str, Any]:
+                    assert counters is not None
+                    return counters.snapshot()
+
+                await nursery.start(responder, snapshot, host, metrics_port)
+            if metrics_socket is not None and counters is not None:
+                nursery.start_soon(answer_snapshots, metrics_socket, counters)
             with worker_scope:
                 await _serve_unless_stopped_first(
                     partial(
