@@ -27,7 +27,8 @@ async def get(port: int, path: str = "/metrics", method: str = "GET") -> tuple[i
     with trio.fail_after(DEADLINE):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
-            await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            await stream.send_all(request.encode())
             data = b""
             while chunk := await stream.receive_some():
                 data += chunk
