@@ -1,0 +1,112 @@
+"""``trio_asgi_ws.metrics``: the exposition of a snapshot, sums of workers, the optional import,
+and the Grafana dashboard's metric names.  (Each metric moved by a real server:
+tests/integration/test_metrics.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from trio_asgi_ws._counters import empty_snapshot, merge
+from trio_asgi_ws.metrics import METRICS, PREFIX, exposition
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "dashboards" / "grafana-trio_asgi_ws.json"
+BROADCAST_METRICS = {  # exported by the broadcast hub (not yet): the dashboard has their panels
+    PREFIX + "broadcast_delivered_total",
+    PREFIX + "broadcast_dropped_total",
+    PREFIX + "broadcast_subscriber_buffer_peak",
+}
+
+
+def test_importing_the_package_does_not_import_prometheus_client() -> None:
+    code = (
+        "import sys, trio_asgi_ws, trio_asgi_ws.server, trio_asgi_ws.routing, trio_asgi_ws.testing, "
+        "trio_asgi_ws.__main__; "
+        "assert 'prometheus_client' not in sys.modules, 'imported'; "
+        "assert 'trio_asgi_ws.metrics' not in sys.modules, 'metrics imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_metric_names_follow_prometheus_conventions() -> None:
+    for name, info in METRICS.items():
+        assert name.startswith(PREFIX)
+        assert re.fullmatch(r"[a-z_]+", name)
+        assert name.endswith("_total") == (info.kind == "counter"), name
+        assert "_bytes" not in name or name.endswith("_bytes_total"), name
+
+
+def test_a_snapshot_is_exposed_with_every_figure_and_label() -> None:
+    snapshot = empty_snapshot()
+    snapshot.update(
+        open=3,
+        accepted=10,
+        received_messages=40,
+        received_bytes=400,
+        sent_messages=41,
+        sent_bytes=410,
+        pump_takeovers=2,
+        receive_overflows=1,
+        rejected={"origin": 4, "no_route": 1},
+        closes={"1000 client": 6, "1008 server": 1},
+        drops={"send_timeout": 2},
+    )
+    body, content_type = exposition(snapshot)
+    assert content_type.startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+    assert samples == {
+        (PREFIX + "connections_open", ()): 3,
+        (PREFIX + "connections_accepted_total", ()): 10,
+        (PREFIX + "connections_rejected_total", (("reason", "no_route"),)): 1,
+        (PREFIX + "connections_rejected_total", (("reason", "origin"),)): 4,
+        (PREFIX + "messages_received_total", ()): 40,
+        (PREFIX + "messages_sent_total", ()): 41,
+        (PREFIX + "received_bytes_total", ()): 400,
+        (PREFIX + "sent_bytes_total", ()): 410,
+        (PREFIX + "closes_total", (("code", "1000"), ("side", "client"))): 6,
+        (PREFIX + "closes_total", (("code", "1008"), ("side", "server"))): 1,
+        (PREFIX + "pump_takeovers_total", ()): 2,
+        (PREFIX + "receive_buffer_overflows_total", ()): 1,
+        (PREFIX + "connections_dropped_total", (("reason", "send_timeout"),)): 2,
+    }
+
+
+def test_openmetrics_is_given_to_a_scraper_that_asks_for_it() -> None:
+    body, content_type = exposition(empty_snapshot(), "application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+
+
+def test_workers_snapshots_add_up_and_retired_ones_keep_counters_not_the_open_gauge() -> None:
+    one, two = empty_snapshot(), empty_snapshot()
+    one.update(open=2, accepted=5, sent_bytes=7, closes={"1000 client": 3}, drops={"oversize": 1})
+    two.update(open=1, accepted=4, sent_bytes=1, closes={"1000 client": 1, "1006 client": 2})
+    total = merge([one, two])
+    assert (total["open"], total["accepted"], total["sent_bytes"]) == (3, 9, 8)
+    assert total["closes"] == {"1000 client": 4, "1006 client": 2}
+    assert total["drops"] == {"oversize": 1}
+    retired = merge([one], gauges=False)
+    assert (retired["open"], retired["accepted"]) == (0, 5)
+
+
+def test_the_grafana_dashboard_uses_only_exported_metric_names() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    expressions = [
+        target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
+    used = {name for expr in expressions for name in re.findall(r"\b" + PREFIX + r"[a-z_]+", expr)}
+    assert used - BROADCAST_METRICS <= set(METRICS), used - BROADCAST_METRICS - set(METRICS)
+    assert used >= BROADCAST_METRICS  # the broadcast panels are there, waiting for the hub
+    for title in ("Open WebSockets", "Messages per second", "Closes per second by code and side"):
+        assert title in {panel["title"] for panel in dashboard["panels"]}
