@@ -26,7 +26,7 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _processes import LineReader, describe_checkout  # noqa: E402
+from _processes import LineReader, describe_checkout
 
 REPO = Path(__file__).resolve().parent.parent
 

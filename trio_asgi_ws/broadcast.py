@@ -556,7 +556,7 @@ def _backend_for(url: str, options: dict[str, Any]) -> Backend:
     scheme = url.partition("://")[0]
     if scheme == "memory":
         return MemoryBackend(**options)
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         try:
             from .backends.redis import RedisBackend  # coredis is an optional dependency
         except ImportError as error:
@@ -565,5 +565,7 @@ def _backend_for(url: str, options: dict[str, Any]) -> Backend:
                 f"(missing: {error.name or error})",
                 name=error.name,
             ) from error
-        return RedisBackend(url, **options)
-    raise ValueError(f"unsupported broadcast URL {url!r}: use memory:// or redis://host:port/db")
+        return RedisBackend(url, cluster=scheme.endswith("+cluster"), **options)
+    raise ValueError(
+        f"unsupported broadcast URL {url!r}: use memory://, redis://host:port/db or redis+cluster://host:port"
+    )
