@@ -1,22 +1,21 @@
 """Message ids, topic history and resume (``since=``), the same on every backend.
 
 Each test runs on ``memory://``, on a real redis-server and on a real local Redis Cluster of
-three masters (``redis+cluster://``).  Topics are fresh per test: a Redis stream outlives its hub.
+three masters (``redis+cluster://``, see ``broadcast_backends``).  Topics are fresh per test: a
+Redis stream outlives its hub.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
 
 import pytest
 import trio
 
-from tests.integration.redis_server import RedisServer
+from tests.integration.broadcast_backends import EVERY_BACKEND
 from trio_asgi_ws.backends.base import id_order
 from trio_asgi_ws.backends.memory import MemoryBackend
 from trio_asgi_ws.broadcast import START, Broadcast, BroadcastMessage, open_broadcast
@@ -25,39 +24,12 @@ from trio_asgi_ws.testing import connect
 
 DEADLINE = 15.0
 
-Opener = Callable[..., Any]
 
 
-@asynccontextmanager
-async def single_redis() -> AsyncIterator[str]:
-    url = os.environ.get("REDIS_URL")
-    if url is None:
-        async with RedisServer() as redis:
-            yield redis.url
-    else:
-        yield url
-
-
-@asynccontextmanager
-async def redis_cluster() -> AsyncIterator[str]:
-    from tests.integration.redis_cluster import RedisCluster
-
-    async with RedisCluster() as cluster:
-        yield cluster.url
-
-
-@asynccontextmanager
-async def in_memory() -> AsyncIterator[str]:
-    yield "memory://"
-
-
-BACKENDS = {"memory": in_memory, "redis": single_redis, "cluster": redis_cluster}
-
-
-@pytest.fixture(params=list(BACKENDS))
+@pytest.fixture(params=list(EVERY_BACKEND))
 def backend(request: pytest.FixtureRequest) -> Any:
     """An async context manager giving a broadcast URL of the backend under test."""
-    return BACKENDS[request.param]
+    return EVERY_BACKEND[request.param]
 
 
 def fresh(name: str = "room") -> str:

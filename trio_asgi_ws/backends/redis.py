@@ -131,6 +131,8 @@ class RedisBackend:
         self._status_changed = trio.Event()
         self.lost = 0
         self.outages = 0
+        self.received = 0
+        """Messages read from Redis (only topics with local subscribers are read)."""
 
     def channel(self, topic: str) -> str:
         """The pub/sub channel of ``topic`` (its stream is this plus ``:history``)."""
@@ -274,6 +276,7 @@ class RedisBackend:
             topic = self._channels.get(channel if isinstance(channel, bytes) else channel.encode())
             if topic is None:  # unsubscribed since it was sent
                 continue
+            self.received += 1
             id, _, payload = bytes(message["data"]).partition(b" ")
             await deliver(_decode(topic, id.decode("ascii"), payload))
 
