@@ -7,7 +7,9 @@ Run ``python bench/echo.py`` (about 7 minutes on 2 cores) or ``python bench/echo
 ``hypercorn.trio.serve`` (the default set), each app can run as ``NAME-serve``: the same app
 served by ``trio_asgi_ws.server.serve()`` with its defaults, i.e. through the corrections to
 hypercorn's trio worker and the ``GracefulShutdown`` middleware.  When both ``NAME`` and
-``NAME-serve`` run, the table adds the CPU ratio of the second to the first.
+``NAME-serve`` run, the table adds the CPU ratio of the second to the first.  ``NAME-metrics`` is
+``NAME-serve`` with Prometheus metrics on (``metrics_port=0``, never scraped during the run); its
+extra column is its CPU ratio to ``NAME-serve``: what metrics cost per message.
 
 Processes: one hypercorn server per contender (``--serve NAME``, kept up for the whole run) and
 one trio-websocket client process (``--client``) that the parent drives over its stdin/stdout.

@@ -72,6 +72,13 @@ it should do, and the test that attacks a real server and fails without it.
    tail, which its next write (or ``DirectSend.flush``) sends first, under the send lock.
    Tests: ``tests/integration/test_direct_send.py``.
 
+10. **(An addition, not a fix.)  Counting for metrics and the connection log.**  With
+   ``GuardedConfig.counters`` set (``serve()`` does when asked for metrics or a connection log),
+   each WebSocket stream keeps a ``_counters.ConnectionTally``: messages and payload bytes each
+   way, the first close (code and side) and, through the TCP server, why the guard dropped it.
+   Without it the per-message cost is one attribute test.  Tests:
+   ``tests/integration/test_metrics.py``, ``tests/test_connection_log.py``.
+
 How they are applied: ``applied()`` swaps the classes hypercorn's trio worker instantiates
 (``TCPServer`` in ``hypercorn.trio.run``, ``WSStream`` in ``hypercorn.protocol.h11``/``h2``) for
 factories that build the corrected subclasses when the config is a ``GuardedConfig`` (only
@@ -131,6 +138,8 @@ _DISCONNECT_NOTICE_TIMEOUT = 1.0
 """How long a cancelled connection waits for its app to take the disconnect message."""
 
 Compression = Literal["deflate"] | None
+
+_CONNECTED = ASGIWebsocketState.CONNECTED
 
 
 class GuardedConfig(Config):
@@ -468,24 +477,11 @@ class _GuardedWSStream(WSStream):
             self._app_finished = True
             if self._pending_put is not None:
                 self._pending_put.cancel()
-        if self.tally is not None and not self.closed:
-            self._count_sent(self.tally, message)
-        await super().app_send(message)
-
-    # -- counting (only with a tally) ----------------------------------------------------------
-
-    def _count_sent(self, tally: ConnectionTally, message: Any) -> None:
-        """Count what the app sends before hypercorn handles it (same state checks as its own)."""
-        state = self.state
-        if message is None:
-            if state is ASGIWebsocketState.HANDSHAKE:  # hypercorn answers HTTP 500
-                self._rejected(tally, "error")
-            elif state is ASGIWebsocketState.CONNECTED and self._ending is None:
-                self._ending = (int(CloseReason.INTERNAL_ERROR), "server")
-            return
-        kind = message["type"]
-        if state is ASGIWebsocketState.CONNECTED:
-            if kind == "websocket.send":
+        tally = self.tally
+        if tally is not None:
+            if message is not None and message["type"] == "websocket.send" and self.state is _CONNECTED:
+                # The hot path, inline.  (A send after the stream closed is counted into a tally
+                # already handed over, where it changes nothing.)
                 data = message.get("bytes")
                 if data is None:
                     data = message["text"]
@@ -494,7 +490,25 @@ class _GuardedWSStream(WSStream):
                     size = len(data)
                 tally.sent_messages += 1
                 tally.sent_bytes += size
-            elif kind == "websocket.close" and self._ending is None:
+            elif not self.closed:
+                self._count_other(tally, message)
+        await super().app_send(message)
+
+    # -- counting (only with a tally) ----------------------------------------------------------
+
+    def _count_other(self, tally: ConnectionTally, message: Any) -> None:
+        """Note a close, a rejection, or the app's return, before hypercorn handles it (with the
+        same state checks as its own)."""
+        state = self.state
+        if message is None:
+            if state is ASGIWebsocketState.HANDSHAKE:  # hypercorn answers HTTP 500
+                self._rejected(tally, "error")
+            elif state is _CONNECTED and self._ending is None:
+                self._ending = (int(CloseReason.INTERNAL_ERROR), "server")
+            return
+        kind = message["type"]
+        if state is _CONNECTED:
+            if kind == "websocket.close" and self._ending is None:
                 self._ending = (int(message.get("code", CloseReason.NORMAL_CLOSURE)), "server")
         elif state is ASGIWebsocketState.HANDSHAKE and kind in (
             "websocket.close",
