@@ -4,12 +4,17 @@ Run it with ``python -m trio_asgi_ws examples.chat:app`` and open http://127.0.0
 One process uses the in-memory hub; set ``BROADCAST_URL=redis://127.0.0.1:6379/0`` and start
 several (on several ports or hosts) to share rooms through Redis.
 
-Each socket subscribes to its room with ``hub.forward``: a reader that stalls loses the oldest
-messages (``drop_oldest``, 100 buffered) instead of slowing the room down.
+Each room keeps its last 50 messages (``history=50``): joining shows them, and a page whose
+connection dropped reconnects with ``?since=<the last id it saw>`` and gets exactly what it missed
+(or, when more than the history was missed, a ``reset`` and the latest 50).  Every message goes to
+the page with its id, so each socket has its own sending loop rather than ``hub.forward`` (which
+sends the published payload as it is: use it when that is all a client needs).  A reader that
+stalls loses the oldest messages (``drop_oldest``, 100 buffered) instead of slowing the room down.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,16 +25,18 @@ import trio
 
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws._types import Receive, Scope, Send
-from trio_asgi_ws.broadcast import Broadcast, open_broadcast
+from trio_asgi_ws.broadcast import START, Broadcast, Subscription, open_broadcast
 from trio_asgi_ws.routing import Router
 
 PAGE = (Path(__file__).parent / "chat.html").read_bytes()
 MAX_TEXT = 2000
+HISTORY = 50
+"""Messages each room keeps for pages that join or come back."""
 
 
 @asynccontextmanager
 async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
-    async with open_broadcast(os.environ.get("BROADCAST_URL", "memory://")) as hub:
+    async with open_broadcast(os.environ.get("BROADCAST_URL", "memory://"), history=HISTORY) as hub:
         yield {"hub": hub}
 
 
@@ -52,11 +59,19 @@ async def chat(websocket: WebSocket) -> None:
     hub: Broadcast = websocket.state.hub
     room = websocket.path_params["room"]
     name = (websocket.query_params.get("name") or "anonymous")[:40]
+    since = websocket.query_params.get("since")  # the last id a reconnecting page saw
     topic = f"chat:{room}"
+    try:
+        subscription = hub.subscribe(topic, max_buffer=100, overflow="drop_oldest", since=since or START)
+    except ValueError:
+        await websocket.close(1008, "since must be a message id")
+        return
     await websocket.accept()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(_forward, hub, topic, websocket)
-        await hub.publish(topic, {"system": f"{name} joined {room}"})
+    async with subscription, trio.open_nursery() as nursery:
+        if since and not subscription.recovered:
+            await websocket.send_json({"reset": True, "system": "you missed too much: the latest messages"})
+        nursery.start_soon(_send_each_with_its_id, subscription, websocket)
+        await hub.publish(topic, {"system": f"{name} is back" if since else f"{name} joined {room}"})
         try:
             async for text in websocket.iter_text():
                 await hub.publish(topic, {"from": name, "text": text[:MAX_TEXT]})
@@ -66,11 +81,7 @@ async def chat(websocket: WebSocket) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _forward(
-    hub: Broadcast,
-    topic: str,
-    websocket: WebSocket,
-    *,
-    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await hub.forward(topic, websocket, max_buffer=100, overflow="drop_oldest", task_status=task_status)
+async def _send_each_with_its_id(subscription: Subscription, websocket: WebSocket) -> None:
+    """The room's messages, oldest first, each as ``{"id": ..., **message}``."""
+    async for message in subscription:
+        await websocket.send_text(json.dumps({"id": message.id, **message.json()}))

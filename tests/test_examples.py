@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from examples import auth, chat, echo, rooms
 from trio_asgi_ws import WebSocketDisconnect
+from trio_asgi_ws.backends.base import id_order
 from trio_asgi_ws.testing import WebSocketDenied, connect, run_lifespan
 
 
@@ -73,11 +76,44 @@ async def test_chat_example_room_members_see_each_other() -> None:
         run_lifespan(chat.app) as state,
         connect(chat.app, "/ws/lobby?name=ann", state=state) as ann,
     ):
-        assert await ann.receive_json() == {"system": "ann joined lobby"}
+        assert await said(ann) == {"system": "ann joined lobby"}
         async with connect(chat.app, "/ws/lobby?name=bob", state=state) as bob:
-            assert await bob.receive_json() == {"system": "bob joined lobby"}
-            assert await ann.receive_json() == {"system": "bob joined lobby"}
+            assert await said(bob) == {"system": "ann joined lobby"}  # the room's history
+            assert await said(bob) == {"system": "bob joined lobby"}
+            assert await said(ann) == {"system": "bob joined lobby"}
             await bob.send_text("hi ann")
-            assert await ann.receive_json() == {"from": "bob", "text": "hi ann"}
-            assert await bob.receive_json() == {"from": "bob", "text": "hi ann"}
-        assert await ann.receive_json() == {"system": "bob left"}
+            assert await said(ann) == {"from": "bob", "text": "hi ann"}
+            assert await said(bob) == {"from": "bob", "text": "hi ann"}
+        assert await said(ann) == {"system": "bob left"}
+
+
+async def said(ws: Any) -> dict[str, Any]:
+    """The next chat message, without the id every one carries (checked to be an id)."""
+    message: dict[str, Any] = await ws.receive_json()
+    id_order(message.pop("id"))
+    return message
+
+
+async def test_chat_example_resumes_a_page_from_the_last_id_it_saw() -> None:
+    async with run_lifespan(chat.app) as state:
+        async with connect(chat.app, "/ws/lobby?name=ann", state=state) as ann:
+            joined = await ann.receive_json()
+        async with connect(chat.app, "/ws/lobby?name=bob", state=state) as bob:
+            await bob.send_text("while ann was away")
+        async with connect(chat.app, f"/ws/lobby?name=ann&since={joined['id']}", state=state) as ann:
+            assert [await said(ann) for _ in range(5)] == [
+                {"system": "ann left"},
+                {"system": "bob joined lobby"},
+                {"from": "bob", "text": "while ann was away"},
+                {"system": "bob left"},
+                {"system": "ann is back"},
+            ]
+        async with connect(chat.app, "/ws/lobby?name=cy&since=1-1", state=state) as cy:
+            assert await cy.receive_json() == {
+                "reset": True,
+                "system": "you missed too much: the latest messages",
+            }
+        with pytest.raises(WebSocketDisconnect) as refused:  # before accept: HTTP 403 on a server
+            async with connect(chat.app, "/ws/lobby?since=yesterday", state=state):
+                pass
+        assert (refused.value.code, refused.value.reason) == (1008, "since must be a message id")

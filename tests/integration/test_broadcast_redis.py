@@ -97,6 +97,7 @@ async def until(ws: Any, predicate: Any) -> dict[str, Any]:
     """The next chat message for which ``predicate`` holds (others, e.g. join notices, are skipped)."""
     while True:
         message = json.loads(await ws.get_message())
+        message.pop("id")  # the chat sends each message with its id
         if predicate(message):
             return message  # type: ignore[no-any-return]
 

@@ -126,3 +126,66 @@ def test_two_browser_tabs_in_one_room_see_each_others_messages(
     browser.switch_to.window(bob_tab)
     WebDriverWait(browser, DEADLINE).until(lambda d: "ann: hi bob, ann here" in log_text(d))
     browser.save_screenshot(os.path.join(tempfile.gettempdir(), "trio_asgi_ws_chat.png"))
+
+
+def say(driver: webdriver.Chrome, text: str) -> None:
+    driver.find_element(By.ID, "text").send_keys(text)
+    driver.find_element(By.ID, "send").click()
+    WebDriverWait(driver, DEADLINE).until(lambda d: f": {text}" in log_text(d))
+
+
+def network(driver: webdriver.Chrome, *, online: bool) -> None:
+    """Take the current tab offline or back (Chromium's DevTools emulation: new connections,
+    WebSockets included, fail while offline; ``Network.setBlockedURLs`` does not stop them)."""
+    driver.execute_cdp_cmd("Network.enable", {})
+    conditions = {"offline": not online, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+    driver.execute_cdp_cmd("Network.emulateNetworkConditions", conditions)
+
+
+def status(driver: webdriver.Chrome) -> str:
+    return str(driver.find_element(By.ID, "status").text)
+
+
+def test_a_tab_whose_connection_drops_resumes_from_the_last_message_it_saw(
+    chat_server: int, browser: webdriver.Chrome
+) -> None:
+    """The room's history fills in what a page missed while its connection was down: the page
+    reconnects with the id of the last message it showed, and shows each missed one once."""
+    join(browser, chat_server, "ann", "pond")
+    ann_tab = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    join(browser, chat_server, "bob", "pond")
+    bob_tab = browser.current_window_handle
+    say(browser, "before the cut")
+
+    browser.switch_to.window(ann_tab)
+    WebDriverWait(browser, DEADLINE).until(lambda d: "bob: before the cut" in log_text(d))
+    network(browser, online=False)  # this tab's network goes down
+    browser.execute_script("socket.close()")  # and the connection is cut
+    WebDriverWait(browser, DEADLINE).until(lambda d: status(d).startswith("disconnected"))
+
+    browser.switch_to.window(bob_tab)
+    for n in (1, 2, 3):
+        say(browser, f"while ann was away {n}")
+
+    browser.switch_to.window(ann_tab)
+    assert "while ann was away" not in log_text(browser)
+    time.sleep(1.5)  # the page's reconnection attempts fail meanwhile
+    assert status(browser).startswith("disconnected")
+    network(browser, online=True)  # and comes back
+    WebDriverWait(browser, DEADLINE).until(lambda d: "ann is back" in log_text(d))
+    lines = log_text(browser).splitlines()
+    assert lines[: lines.index("bob: before the cut") + 1] == [
+        "ann joined pond",
+        "bob joined pond",
+        "bob: before the cut",
+    ]
+    missed = lines[lines.index("bob: before the cut") + 1 :]
+    assert missed == [
+        "ann left",
+        "bob: while ann was away 1",
+        "bob: while ann was away 2",
+        "bob: while ann was away 3",
+        "ann is back",
+    ]
+    assert status(browser) == "in pond as ann"
