@@ -157,6 +157,8 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         """The most messages ever waiting in the buffer at once (at most ``max_buffer``)."""
         self.too_slow = False
         """Whether a ``close``-policy overflow ended the subscription."""
+        self.replayed = 0
+        """Messages the subscription was given from the history (``since``), beside live ones."""
         self.recovered: bool | None = None
         """With ``since``: whether every message published after it is delivered (the history
         reached back to it); ``False`` means a gap, so reload state.  ``None`` without ``since``."""
@@ -206,6 +208,7 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         replay = await self._hub._backend.replay(self.topic, since)
         self.recovered = replay.complete
         self._replay.extend(replay.messages)
+        self.replayed = len(replay.messages)
         last = id_order(replay.messages[-1].id) if replay.messages else id_order(since)
         self._after = last
         with suppress(trio.WouldBlock, trio.EndOfChannel):
