@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from tests.integration.broadcast_backends import EVERY_BACKEND
 from trio_asgi_ws.backends.base import id_order
@@ -219,3 +220,67 @@ def test_a_bad_history_size_is_refused_at_open() -> None:
     for bad in (-1, 1.5, "3"):
         with pytest.raises(ValueError, match=r"^history must be a non-negative int, got "):
             open_broadcast("memory://", history=bad)
+
+
+async def test_forward_resuming_while_messages_keep_coming_sends_each_once(backend: Any) -> None:
+    """The hub's own sending (inline here, the test client has no direct writes) must not send
+    the late live copies of messages the socket already got from the history."""
+    topic = fresh()
+    total = 200
+    async with backend() as url, open_broadcast(url, history=total) as hub, hub.subscribe(topic) as probe:
+        app = Router()
+
+        @app.websocket("/")
+        async def handler(websocket: Any) -> None:
+            await websocket.accept()
+            since = websocket.query_params["since"]
+            await hub.forward(topic, websocket, since=since, max_buffer=total)
+
+        async with trio.open_nursery() as nursery:
+
+            async def publisher() -> None:
+                for n in range(total):
+                    await hub.publish(topic, {"n": n})
+                    if n % 5 == 0:
+                        await trio.sleep(0.001)
+
+            nursery.start_soon(publisher)
+            seen = await take(probe, 20)
+            async with connect(app, f"/?since={seen[-1].id}") as ws:
+                with trio.fail_after(DEADLINE):
+                    got = [(await ws.receive_json())["n"] for _ in range(total - 20)]
+                assert got == list(range(20, total))
+                with trio.move_on_after(0.3):
+                    extra = await ws.receive_json()
+                    pytest.fail(f"a duplicate: {extra}")
+
+
+async def test_a_late_copy_of_a_replayed_message_is_not_sent_by_the_hub_itself() -> None:
+    """Redis may bring a replayed message's live copy after the socket's forward task has sent
+    the history and gone idle; the hub, delivering to idle sockets itself, must drop it too."""
+    async with open_broadcast("memory://", history=10) as hub, hub.subscribe("t") as probe:
+        for n in range(3):
+            await hub.publish("t", {"n": n})
+        first, _, last = await take(probe, 3)
+        app = Router()
+        links: list[Any] = []
+
+        @app.websocket("/")
+        async def handler(websocket: Any) -> None:
+            await websocket.accept()
+            async with trio.open_nursery() as nursery:
+                sub = await nursery.start(partial(hub.forward, "t", websocket, since=first.id))
+                links.append(sub)
+                await websocket.receive_text()
+                nursery.cancel_scope.cancel()
+
+        async with connect(app, "/") as ws:
+            with trio.fail_after(DEADLINE):
+                assert [(await ws.receive_json())["n"] for _ in range(2)] == [1, 2]
+            await trio.testing.wait_all_tasks_blocked()
+            assert links[0]._link.idle  # the hub now sends to the socket itself
+            await hub._deliver(last)  # the late copy
+            await hub.publish("t", {"n": 3})
+            with trio.fail_after(DEADLINE):
+                assert (await ws.receive_json())["n"] == 3
+            await ws.send_text("bye")
