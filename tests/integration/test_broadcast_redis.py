@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -61,10 +62,11 @@ async def test_a_redis_hub_refuses_the_block_policy_at_once_and_says_what_to_use
                 assert (await sub.receive()).data == "x"
 
 
-async def test_opening_a_hub_on_an_unreachable_redis_raises_connection_error() -> None:
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+async def test_opening_a_hub_on_an_unreachable_redis_raises_connection_error(scheme: str) -> None:
     async with RedisServer() as redis:
-        url = redis.url
-    with pytest.raises(ConnectionError, match=r"cannot reach Redis at redis://127\.0\.0\.1"):
+        url = f"{scheme}://127.0.0.1:{redis.port}"
+    with pytest.raises(ConnectionError, match=rf"^cannot reach Redis at {re.escape(url)}: "):
         async with open_broadcast(url):
             pass
 

@@ -200,6 +200,10 @@ class RedisBackend:
                 await self._reconnect_forever(deliver)
         except BaseExceptionGroup as group:  # the client's own task group
             raise_unwrapped(group)
+        except _FAILURES as error:  # the client itself could not start (no cluster node answers)
+            if self.status != BroadcastStatus.CONNECTING:
+                raise
+            raise ConnectionError(f"cannot reach Redis at {self._url}: {error}") from None
 
     async def _reconnect_forever(self, deliver: Deliver) -> None:
         backoff = _FIRST_BACKOFF
