@@ -110,3 +110,39 @@ def test_the_grafana_dashboard_uses_only_exported_metric_names() -> None:
     assert used >= BROADCAST_METRICS  # the broadcast panels are there, waiting for the hub
     for title in ("Open WebSockets", "Messages per second", "Closes per second by code and side"):
         assert title in {panel["title"] for panel in dashboard["panels"]}
+
+
+async def test_the_supervisor_sums_live_workers_and_keeps_an_exited_workers_counters() -> None:
+    import socket
+
+    import trio
+
+    from trio_asgi_ws._counters import ConnectionTally, Counters
+    from trio_asgi_ws._worker_metrics import Aggregate, WorkerLink, answer_snapshots
+
+    aggregate = Aggregate()
+    workers = [Counters(), Counters()]
+    for index, counters in enumerate(workers):  # worker i: i + 1 accepted, one still open
+        for _ in range(index + 1):
+            tally = ConnectionTally({"path": "/", "client": ("127.0.0.1", 1)})
+            counters.opened(tally)
+            tally.received_messages += 2
+        counters.ended(tally, 1000, "client", None)
+    async with trio.open_nursery() as nursery:
+        links = []
+        for counters in workers:
+            ours, theirs = socket.socketpair()
+            link = WorkerLink(ours)
+            aggregate.links.add(link)
+            links.append(link)
+            nursery.start_soon(answer_snapshots, theirs, counters)
+        both = await aggregate.snapshot()
+        assert (both["accepted"], both["open"], both["received_messages"]) == (3, 1, 6)
+        assert both["closes"] == {"1000 client": 2}
+        await aggregate.retire(links[1])  # worker 2 exits: its counters stay, its open gauge goes
+        after = await aggregate.snapshot()
+        assert (after["accepted"], after["open"], after["received_messages"]) == (3, 0, 6)
+        assert after["closes"] == {"1000 client": 2}
+        await aggregate.retire(links[0])
+        assert (await aggregate.snapshot())["accepted"] == 3  # counters never go down
+        nursery.cancel_scope.cancel()
