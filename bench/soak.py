@@ -451,6 +451,9 @@ class Reader(Client):
                 self.joined.set()
             self.system += 1
             return
+        if self.joined_at is None:  # the room's history, shown before our own join notice
+            self.noise += 1
+            return
         shard.last_chat_at = now
         parts = body.split(" ", 4)
         sender_name = parts[0]
