@@ -87,6 +87,7 @@ from typing import Any, Literal
 
 import trio
 
+from ._broadcast_stats import BroadcastStats, StatsKeeper, TopicLabel, TopicStats, topic_stats
 from ._direct_send import encode_frame
 from ._fanout import InlineSender, SocketLink
 from ._groups import open_owned_nursery
@@ -98,11 +99,14 @@ __all__ = [
     "START",
     "Broadcast",
     "BroadcastMessage",
+    "BroadcastStats",
     "BroadcastStatus",
     "Overflow",
     "SubscriberTooSlow",
     "Subscription",
+    "TopicStats",
     "open_broadcast",
+    "open_hubs",
 ]
 
 Overflow = Literal["drop_oldest", "drop_newest", "close", "block"]
@@ -188,6 +192,7 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
             raise RuntimeError("a subscription can be entered only once; subscribe again instead")
         self._hub._add(self)
         self._entered = True
+        self._hub._stats.opened(self)
         try:
             await self._hub._backend.subscribe(self.topic)
             if self.since is not None:
@@ -231,6 +236,7 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         self._receive.close()  # first, so that a waiting reader gets ClosedResourceError
         self._replay.clear()
         self._end()
+        self._hub._stats.closed(self)
 
     async def aclose(self) -> None:
         """``close()``, then a checkpoint, as trio's channels do."""
@@ -349,11 +355,14 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
 class Broadcast:
     """A hub of topics; create it with ``open_broadcast(url)`` (see the module docstring)."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, topic_label: TopicLabel | None = None) -> None:
         self._backend = backend
         self._topics: dict[str, dict[Subscription, None]] = {}  # in subscription order
         self._closed = False
         self._inline = InlineSender()
+        self._stats = StatsKeeper(topic_label)
+        self._received = 0
+        self._arrived: dict[str, int] = {}  # per topic with local subscribers
 
     @property
     def status(self) -> BroadcastStatus:
@@ -416,15 +425,19 @@ class Broadcast:
         if self._closed:
             raise RuntimeError("this broadcast hub is closed")
         await trio.lowlevel.checkpoint()
-        await self._backend.publish(BroadcastMessage.encode(topic, message))
+        encoded = BroadcastMessage.encode(topic, message)
+        self._stats.note_publish(topic)
+        await self._backend.publish(encoded)
 
     async def _deliver(self, message: BroadcastMessage) -> None:
         """Hand one message to this process's subscribers of its topic, in the order they
         subscribed: straight to idle forwarded sockets (``_fanout``), else into buffers (block
         ones last, so that a full one holds up none of the others)."""
+        self._received += 1
         subscriptions = self._topics.get(message.topic)
         if not subscriptions:
             return
+        self._arrived[message.topic] += 1
         frame: bytes | None = None
         inline: list[Subscription] = []
         blocking: list[Subscription] = []
@@ -501,10 +514,30 @@ class Broadcast:
         """Every topic this process has subscribers on, with their counts."""
         return {topic: len(subs) for topic, subs in self._topics.items()}
 
+    def topic_stats(self, topic: str) -> TopicStats:
+        """``topic`` in this process: its subscribers now, the messages that arrived for it since
+        it last had none, and what its current subscribers got, lost and have waiting."""
+        return topic_stats(self._topics.get(topic, ()), self._arrived.get(topic, 0))
+
+    def stats(self) -> BroadcastStats:
+        """The hub's figures since it opened (what ``trio_asgi_ws.metrics`` exports).
+
+        Costs one pass over the open subscriptions; nothing is counted per delivery for it.
+        Per-topic figures (``.topics``) only for topics named by ``open_broadcast``'s
+        ``topic_label``.
+        """
+        return self._stats.stats(
+            status=str(self._backend.status), received=self._received, lost=self._backend.lost
+        )
+
     def _add(self, subscription: Subscription) -> None:
         if self._closed:
             raise RuntimeError("this broadcast hub is closed")
-        self._topics.setdefault(subscription.topic, {})[subscription] = None
+        subs = self._topics.get(subscription.topic)
+        if subs is None:
+            subs = self._topics[subscription.topic] = {}
+            self._arrived[subscription.topic] = 0
+        subs[subscription] = None
 
     def _remove(self, subscription: Subscription) -> None:
         subs = self._topics.get(subscription.topic)
@@ -512,6 +545,7 @@ class Broadcast:
             subs.pop(subscription, None)
             if not subs:
                 del self._topics[subscription.topic]
+                del self._arrived[subscription.topic]
                 self._backend.unsubscribe(subscription.topic)
 
     def _close(self) -> None:
@@ -526,11 +560,24 @@ class Broadcast:
                 subscription._end()
 
 
-def open_broadcast(url: str = "memory://", **options: Any) -> AbstractAsyncContextManager[Broadcast]:
+_OPEN_HUBS: set[Broadcast] = set()
+
+
+def open_hubs() -> list[Broadcast]:
+    """The hubs open in this process (their ``open_broadcast`` block not yet left)."""
+    return list(_OPEN_HUBS)
+
+
+def open_broadcast(
+    url: str = "memory://", *, topic_label: TopicLabel | None = None, **options: Any
+) -> AbstractAsyncContextManager[Broadcast]:
     """A hub on ``url`` for the duration of an ``async with`` block, in a nursery of its own.
 
     ``memory://`` (default), ``redis://host:port/db`` or ``redis+cluster://host:port`` (any one
-    node of the cluster).  ``options`` go to the backend: ``history=N`` (every topic keeps its
+    node of the cluster).  ``topic_label`` opts topics into per-topic figures in ``stats()`` and
+    the metrics: a function from a topic to the label it is counted under, or ``None`` for
+    topics counted only in the totals (keep the labels few: each is a time series).  ``options``
+    go to the backend: ``history=N`` (every topic keeps its
     last N messages; or a function of the topic returning N; default 0, none kept) and, for
     Redis, ``prefix=``.  An unknown URL or a bad ``history`` raises ``ValueError`` here, at the
     call, and a Redis URL without the ``redis`` extra installed ``ModuleNotFoundError`` naming
@@ -540,18 +587,20 @@ def open_broadcast(url: str = "memory://", **options: Any) -> AbstractAsyncConte
     ``trio.EndOfChannel``: ``async for`` stops quietly) and stops the backend's tasks; an error
     from the body or the backend leaves as itself, not in an ``ExceptionGroup``.
     """
-    return _running(_backend_for(url, options))
+    return _running(_backend_for(url, options), topic_label)
 
 
 @asynccontextmanager
-async def _running(backend: Backend) -> AsyncIterator[Broadcast]:
-    hub = Broadcast(backend)
+async def _running(backend: Backend, topic_label: TopicLabel | None = None) -> AsyncIterator[Broadcast]:
+    hub = Broadcast(backend, topic_label=topic_label)
     async with open_owned_nursery() as nursery:
         await nursery.start(hub._inline.run)
         await nursery.start(backend.run, hub._deliver)
+        _OPEN_HUBS.add(hub)
         try:
             yield hub
         finally:
+            _OPEN_HUBS.discard(hub)
             hub._close()
 
 

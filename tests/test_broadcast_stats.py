@@ -1,0 +1,81 @@
+"""A hub's figures: ``Broadcast.stats()``, ``topic_stats()`` and ``open_hubs()``."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trio_asgi_ws.broadcast import START, TopicStats, open_broadcast, open_hubs
+
+
+async def test_stats_count_publishes_deliveries_drops_by_policy_and_what_waits() -> None:
+    async with open_broadcast("memory://", history=5) as hub:
+        empty = hub.stats()
+        assert (empty.status, empty.published, empty.received, empty.delivered) == ("connected", 0, 0, 0)
+        assert (empty.dropped, empty.subscriptions, empty.buffered, empty.fullest) == ({}, 0, 0, 0.0)
+        async with (
+            hub.subscribe("a", max_buffer=2, overflow="drop_oldest") as oldest,
+            hub.subscribe("a", max_buffer=4, overflow="drop_newest"),
+        ):
+            for n in range(3):
+                await hub.publish("a", n)
+            await hub.publish("nobody", "x")
+            oldest.receive_nowait()
+            stats = hub.stats()
+            assert (stats.published, stats.received, stats.delivered) == (4, 4, 1)
+            assert stats.dropped == {"drop_oldest": 1, "drop_newest": 0}
+            assert (stats.subscriptions, stats.buffered, stats.fullest) == (2, 1 + 3, 0.75)
+        async with hub.subscribe("a", max_buffer=1, overflow="close") as closing:
+            await hub.publish("a", "1")
+            await hub.publish("a", "2")  # overflows: the subscription ends, still open for reading
+            assert closing.too_slow
+            assert hub.stats().subscriptions == 1
+        async with hub.subscribe("a", since=START) as resumed:
+            assert resumed.replayed == 5
+        stats = hub.stats()  # closed subscriptions keep counting in the totals
+        assert (stats.published, stats.delivered, stats.replayed, stats.subscriptions) == (6, 1, 5, 0)
+        assert stats.dropped == {"drop_oldest": 1, "drop_newest": 0, "close": 1}
+        assert stats.topics == {} and stats.lost == 0
+
+
+async def test_per_topic_figures_only_for_topics_the_app_labels() -> None:
+    def label(topic: str) -> str | None:
+        return topic.split(":")[0] if topic.startswith(("chat:", "ticker:")) else None
+
+    async with open_broadcast("memory://", topic_label=label) as hub:
+        async with hub.subscribe("chat:1") as one, hub.subscribe("chat:2"), hub.subscribe("user:7"):
+            await hub.publish("chat:1", "hi")
+            await hub.publish("ticker:x", "1")  # nobody subscribes: published, nothing else
+            await hub.publish("user:7", "private")
+            one.receive_nowait()
+            assert hub.stats().topics == {
+                "chat": TopicStats(subscribers=2, messages=1, delivered=1, dropped=0, buffered=0),
+                "ticker": TopicStats(messages=1),
+            }
+        assert hub.stats().topics["chat"] == TopicStats(subscribers=0, messages=1, delivered=1)
+
+
+async def test_topic_stats_describe_one_room_in_this_process() -> None:
+    async with open_broadcast("memory://") as hub:
+        assert hub.topic_stats("room") == TopicStats()
+        async with hub.subscribe("room", max_buffer=1, overflow="drop_newest") as sub, hub.subscribe("room"):
+            await hub.publish("room", "1")
+            await hub.publish("room", "2")
+            sub.receive_nowait()
+            assert hub.topic_stats("room") == TopicStats(
+                subscribers=2, messages=2, delivered=1, dropped=1, buffered=2
+            )
+        await hub.publish("room", "3")  # no subscribers: not counted for the room
+        assert hub.topic_stats("room") == TopicStats()
+
+
+async def test_open_hubs_lists_the_hubs_whose_block_is_running() -> None:
+    assert open_hubs() == []
+    async with open_broadcast("memory://") as first, open_broadcast("memory://") as second:
+        assert set(open_hubs()) == {first, second}
+    assert open_hubs() == []
+    with pytest.raises(RuntimeError, match="boom"):
+        async with open_broadcast("memory://"):
+            raise RuntimeError("boom")
+    assert open_hubs() == []
+    await trio.lowlevel.checkpoint()
