@@ -228,14 +228,19 @@ class RedisBackend:
         connected = False
         try:
             async with self._pubsub() as pubsub, trio.open_nursery() as nursery:
+                # Every topic wanted now is subscribed before the hub counts as connected, so
+                # that "connected" again after an outage means delivery has resumed.
+                subscribed = set(self._wanted)
+                for topic in subscribed:  # new subscribers wait for this connection's answer
+                    self._wanted[topic] = trio.Event()
+                self._unconfirmed = set(subscribed)
+                if subscribed:
+                    await pubsub.subscribe(*(self.channel(topic) for topic in subscribed))
                 if self.status == BroadcastStatus.RECONNECTING:
                     logger.warning("Redis reachable again at %s: broadcast resumed", self._url)
-                for topic in self._wanted:  # each waits for this connection's confirmation
-                    self._wanted[topic] = trio.Event()
-                self._unconfirmed = set(self._wanted)
                 self._set_status(BroadcastStatus.CONNECTED)
                 connected = True
-                nursery.start_soon(self._follow_wanted, pubsub)
+                nursery.start_soon(self._follow_wanted, pubsub, subscribed)
                 task_status.started()
                 await self._deliver_from(pubsub, deliver)
         except _FAILURES as error:
@@ -248,14 +253,14 @@ class RedisBackend:
             self._outage(leaves(failures)[0])
         return connected
 
-    async def _follow_wanted(self, pubsub: Any) -> None:
+    async def _follow_wanted(self, pubsub: Any, subscribed: set[str]) -> None:
         """Subscribe ``pubsub`` to every wanted topic and no other, as the wanted set changes.
 
         Changes are applied in order, one command at a time, each awaited until Redis confirms
         it; a topic wanted again while its unsubscription is under way is subscribed again, and
         one let go and wanted again before this task ran stays subscribed (and is confirmed).
+        ``subscribed`` is what the connection is subscribed to already.
         """
-        subscribed: set[str] = set()
         while True:
             self._wanted_changed = trio.Event()
             to_add = [topic for topic in self._wanted if topic not in subscribed]
