@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from trio_asgi_ws.broadcast import START, TopicStats, open_broadcast, open_hubs
+from trio_asgi_ws._broadcast_stats import Figures, merge_figures
+from trio_asgi_ws.broadcast import START, TopicStats, figures, open_broadcast, open_hubs
 
 
 async def test_stats_count_publishes_deliveries_drops_by_policy_and_what_waits() -> None:
@@ -79,3 +80,52 @@ async def test_open_hubs_lists_the_hubs_whose_block_is_running() -> None:
             raise RuntimeError("boom")
     assert open_hubs() == []
     await trio.lowlevel.checkpoint()
+
+
+async def test_the_process_figures_sum_open_hubs_and_keep_what_closed_hubs_counted() -> None:
+    """What the metrics export (``broadcast.figures()``): counters never go down when a hub
+    closes; gauges are the open hubs' alone; workers' figures add up (``merge_figures``)."""
+    start = figures()  # hubs of earlier tests in this process count too
+
+    def moved(now: Figures) -> Figures:
+        return {
+            name: now[name] - start[name]
+            for name in ("published", "received", "delivered", "replayed", "lost")
+        }
+
+    async with open_broadcast(
+        "memory://", topic_label=lambda t: "rooms" if t.startswith("room:") else None
+    ) as one:
+        async with (
+            open_broadcast("memory://", history=2) as two,
+            one.subscribe("room:1", max_buffer=1, overflow="drop_newest") as slow,
+        ):
+            for n in range(3):
+                await one.publish("room:1", n)
+            slow.receive_nowait()
+            async with two.subscribe("x"), two.subscribe("y", since=START):
+                await two.publish("x", "1")
+                now = figures()
+                assert moved(now) == {
+                    "published": 4,
+                    "received": 4,
+                    "delivered": 1,
+                    "replayed": 0,
+                    "lost": 0,
+                }
+                assert now["dropped"]["drop_newest"] - start["dropped"].get("drop_newest", 0) == 2
+                assert (now["subscriptions"], now["buffered"], now["fullest"]) == (3, 1, 1 / 64)
+                assert now["hubs"] == {"connected": 2}
+                assert now["topics"]["rooms"]["subscriptions"] == 1
+                assert (
+                    now["topics"]["rooms"]["published"] - start["topics"].get("rooms", {}).get("published", 0)
+                    == 3
+                )
+        after_two = figures()  # its counters stay; its gauges go
+        assert moved(after_two)["published"] == 4
+        assert (after_two["subscriptions"], after_two["hubs"]) == (0, {"connected": 1})
+    both = merge_figures([after_two, after_two])
+    assert both["published"] == 2 * after_two["published"]
+    assert both["hubs"] == {"connected": 2} and both["fullest"] == after_two["fullest"]
+    gone = merge_figures([after_two], gauges=False)  # a worker that has exited
+    assert (gone["published"], gone["subscriptions"], gone["hubs"]) == (after_two["published"], 0, {})

@@ -4,7 +4,10 @@ Nothing here runs per delivery.  Subscriptions already count ``delivered`` and `
 keeper holds the subscriptions that are open (entered and not yet closed by their reader, which
 may still be reading after the hub ended them) and, for closed ones, their final counts.  A call
 to ``stats()`` (a scrape) adds the two, so its cost grows with open subscriptions, not messages.
-Per-topic figures exist only for topics the app names with ``topic_label`` (a function from a
+The process's figures (``process_figures``: every open hub, plus what closed hubs counted) are
+plain JSON-able dicts, which the metrics export and workers send to their supervisor
+(``merge_figures`` adds them).  Per-topic figures exist only for topics the app names with
+``topic_label`` (a function from a
 topic to a label, or to ``None`` for topics not worth a label of their own), which keeps the
 number of label values in the app's hands.
 """
@@ -14,12 +17,23 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .broadcast import Subscription
 
-__all__ = ["BroadcastStats", "StatsKeeper", "TopicLabel", "TopicStats", "topic_stats"]
+__all__ = [
+    "BroadcastStats",
+    "ClosedHubs",
+    "Figures",
+    "StatsKeeper",
+    "TopicLabel",
+    "TopicStats",
+    "empty_figures",
+    "merge_figures",
+    "process_figures",
+    "topic_stats",
+]
 
 TopicLabel = Callable[[str], "str | None"]
 """Names the per-topic figures a topic is counted under (``None``: none)."""
@@ -162,3 +176,84 @@ def topic_stats(subscriptions: Iterable[Subscription], arrived: int) -> TopicSta
         dropped += subscription.dropped
         buffered += subscription.buffered
     return TopicStats(subscribers, arrived, delivered, dropped, buffered)
+
+
+# -- the process's figures, for the metrics -----------------------------------------------------
+
+Figures = dict[str, Any]
+"""JSON-able broadcast figures of a process (or, merged, of several): see ``process_figures``."""
+
+_COUNTED: Final = ("published", "received", "delivered", "replayed", "lost")
+_GAUGES: Final = ("subscriptions", "buffered", "fullest", "hubs")
+
+
+def empty_figures() -> Figures:
+    return {**dict.fromkeys(_COUNTED, 0), "dropped": {}, "topics": {}, **_no_gauges()}
+
+
+def _no_gauges() -> Figures:
+    return {"subscriptions": 0, "buffered": 0, "fullest": 0.0, "hubs": {}}
+
+
+class ClosedHubs:
+    """What hubs that have closed counted, so that the process's counters never go down."""
+
+    def __init__(self) -> None:
+        self.figures = empty_figures()
+
+    def add(self, stats: BroadcastStats) -> None:
+        self.figures = merge_figures([self.figures, _counted(stats)])
+
+
+def _counted(stats: BroadcastStats) -> Figures:
+    """``stats`` as figures, counters only (what outlives the hub)."""
+    figures = empty_figures()
+    for name in _COUNTED:
+        figures[name] = getattr(stats, name)
+    figures["dropped"] = dict(stats.dropped)
+    figures["topics"] = {
+        label: {"published": topic.messages, "delivered": topic.delivered, "dropped": topic.dropped}
+        for label, topic in stats.topics.items()
+    }
+    return figures
+
+
+def process_figures(open_stats: list[BroadcastStats], closed: ClosedHubs) -> Figures:
+    """The figures of a process: counters of its open and closed hubs, gauges of the open ones."""
+    parts = [closed.figures]
+    for stats in open_stats:
+        figures = _counted(stats)
+        figures["subscriptions"] = stats.subscriptions
+        figures["buffered"] = stats.buffered
+        figures["fullest"] = stats.fullest
+        figures["hubs"] = {stats.status: 1}
+        for label, topic in stats.topics.items():
+            figures["topics"][label]["subscriptions"] = topic.subscribers
+        parts.append(figures)
+    return merge_figures(parts)
+
+
+def merge_figures(parts: list[Figures], *, gauges: bool = True) -> Figures:
+    """The sum of several figures (processes, hubs); ``fullest`` is the largest, not a sum.
+
+    ``gauges=False`` leaves out the parts' gauges (a worker that has exited holds nothing now).
+    """
+    total = empty_figures()
+    for part in parts:
+        for name in _COUNTED:
+            total[name] += int(part.get(name, 0))
+        _add_into(total["dropped"], part.get("dropped", {}))
+        for label, topic in part.get("topics", {}).items():
+            into = total["topics"].setdefault(label, {})
+            _add_into(into, {k: v for k, v in topic.items() if gauges or k != "subscriptions"})
+        if gauges:
+            total["subscriptions"] += int(part.get("subscriptions", 0))
+            total["buffered"] += int(part.get("buffered", 0))
+            total["fullest"] = max(total["fullest"], float(part.get("fullest", 0.0)))
+            _add_into(total["hubs"], part.get("hubs", {}))
+    return total
+
+
+def _add_into(into: dict[str, int], more: dict[str, int]) -> None:
+    for key, value in more.items():
+        into[key] = into.get(key, 0) + int(value)

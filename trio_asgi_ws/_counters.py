@@ -24,11 +24,13 @@ that serves ``/metrics`` (``_worker_metrics``), which adds them with ``merge``.
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from typing import Any, Final
 
 import trio
 
+from ._broadcast_stats import Figures, empty_figures, merge_figures
 from ._types import Scope
 
 __all__ = [
@@ -70,6 +72,7 @@ def empty_snapshot() -> Snapshot:
     snapshot: Snapshot = {"open": 0, "accepted": 0, **dict.fromkeys(_SUMS, 0)}
     for name in _LABELLED:
         snapshot[name] = {}
+    snapshot["broadcast"] = empty_figures()
     return snapshot
 
 
@@ -84,6 +87,9 @@ def merge(snapshots: list[Snapshot], *, gauges: bool = True) -> Snapshot:
             into: dict[str, int] = total[name]
             for label, value in snapshot.get(name, {}).items():
                 into[label] = into.get(label, 0) + int(value)
+    total["broadcast"] = merge_figures(
+        [snapshot.get("broadcast", empty_figures()) for snapshot in snapshots], gauges=gauges
+    )
     return total
 
 
@@ -178,7 +184,14 @@ class Counters:
         snapshot["rejected"] = dict(self._rejected)
         snapshot["closes"] = dict(self._closes)
         snapshot["drops"] = dict(self._drops)
+        snapshot["broadcast"] = _broadcast_figures()
         return snapshot
+
+
+def _broadcast_figures() -> Figures:
+    """The broadcast hubs of this process (the app's), if the app uses any."""
+    broadcast = sys.modules.get("trio_asgi_ws.broadcast")
+    return empty_figures() if broadcast is None else broadcast.figures()
 
 
 def _log(tally: ConnectionTally, code: int, side: str, dropped: str | None) -> None:

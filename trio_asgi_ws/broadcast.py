@@ -87,7 +87,16 @@ from typing import Any, Literal
 
 import trio
 
-from ._broadcast_stats import BroadcastStats, StatsKeeper, TopicLabel, TopicStats, topic_stats
+from ._broadcast_stats import (
+    BroadcastStats,
+    ClosedHubs,
+    Figures,
+    StatsKeeper,
+    TopicLabel,
+    TopicStats,
+    process_figures,
+    topic_stats,
+)
 from ._direct_send import encode_frame
 from ._fanout import InlineSender, SocketLink
 from ._groups import open_owned_nursery
@@ -561,11 +570,18 @@ class Broadcast:
 
 
 _OPEN_HUBS: set[Broadcast] = set()
+_CLOSED_HUBS = ClosedHubs()
 
 
 def open_hubs() -> list[Broadcast]:
     """The hubs open in this process (their ``open_broadcast`` block not yet left)."""
     return list(_OPEN_HUBS)
+
+
+def figures() -> Figures:
+    """This process's broadcast figures for the metrics: every open hub's ``stats()`` summed,
+    plus the counters of hubs that have closed (so counters never go down)."""
+    return process_figures([hub.stats() for hub in _OPEN_HUBS], _CLOSED_HUBS)
 
 
 def open_broadcast(
@@ -602,6 +618,7 @@ async def _running(backend: Backend, topic_label: TopicLabel | None = None) -> A
         finally:
             _OPEN_HUBS.discard(hub)
             hub._close()
+            _CLOSED_HUBS.add(hub.stats())
 
 
 def _backend_for(url: str, options: dict[str, Any]) -> Backend:

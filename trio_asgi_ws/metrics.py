@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import trio
 
@@ -106,9 +106,94 @@ METRICS: Final[dict[str, MetricInfo]] = {
             "(still open when the shutdown's grace ended).",
             ("reason",),
         ),
+        # -- broadcast: every hub of the process (the app's), see Broadcast.stats() --
+        MetricInfo(PREFIX + "broadcast_published_total", "counter", "Messages published on the hubs."),
+        MetricInfo(
+            PREFIX + "broadcast_received_total",
+            "counter",
+            "Messages the backend brought to the hubs for local subscribers (from Redis, or the "
+            "process's own publishes on memory://).",
+        ),
+        MetricInfo(
+            PREFIX + "broadcast_delivered_total", "counter", "Messages handed to subscribers and sockets."
+        ),
+        MetricInfo(
+            PREFIX + "broadcast_dropped_total",
+            "counter",
+            "Messages lost to a full subscriber buffer, by overflow policy (drop_oldest, "
+            "drop_newest, close: under close the subscriber is then ended, its socket closed 1013).",
+            ("policy",),
+        ),
+        MetricInfo(
+            PREFIX + "broadcast_replayed_total",
+            "counter",
+            "Messages given from the topic history to subscriptions that resumed (since=).",
+        ),
+        MetricInfo(
+            PREFIX + "broadcast_lost_total",
+            "counter",
+            "Messages published while the backend (Redis) was unreachable, and so lost.",
+        ),
+        MetricInfo(PREFIX + "broadcast_subscriptions", "gauge", "Subscriptions open now."),
+        MetricInfo(
+            PREFIX + "broadcast_buffered_messages", "gauge", "Messages waiting in subscriber buffers now."
+        ),
+        MetricInfo(
+            PREFIX + "broadcast_fullest_buffer_ratio",
+            "gauge",
+            "The fullest subscriber buffer now, as a fraction of its max_buffer: near 1, a "
+            "subscriber is about to lose messages (or be closed, under the close policy).",
+        ),
+        MetricInfo(
+            PREFIX + "broadcast_hubs",
+            "gauge",
+            "Open hubs by backend status (connected, reconnecting: Redis unreachable).",
+            ("status",),
+        ),
+        MetricInfo(
+            PREFIX + "broadcast_topic_published_total",
+            "counter",
+            "Messages published, per topic label (only topics the app labels: topic_label=).",
+            ("topic",),
+        ),
+        MetricInfo(
+            PREFIX + "broadcast_topic_delivered_total",
+            "counter",
+            "Messages delivered, per topic label (only topics the app labels).",
+            ("topic",),
+        ),
+        MetricInfo(
+            PREFIX + "broadcast_topic_dropped_total",
+            "counter",
+            "Messages dropped by overflow policies, per topic label (only topics the app labels).",
+            ("topic",),
+        ),
+        MetricInfo(
+            PREFIX + "broadcast_topic_subscriptions",
+            "gauge",
+            "Subscriptions open now, per topic label (only topics the app labels).",
+            ("topic",),
+        ),
     )
 }
 """Every metric this module exports, by name."""
+
+_BROADCAST: Final = {
+    PREFIX + "broadcast_published_total": "published",
+    PREFIX + "broadcast_received_total": "received",
+    PREFIX + "broadcast_delivered_total": "delivered",
+    PREFIX + "broadcast_replayed_total": "replayed",
+    PREFIX + "broadcast_lost_total": "lost",
+    PREFIX + "broadcast_subscriptions": "subscriptions",
+    PREFIX + "broadcast_buffered_messages": "buffered",
+    PREFIX + "broadcast_fullest_buffer_ratio": "fullest",
+}
+_BROADCAST_BY_TOPIC: Final = {
+    PREFIX + "broadcast_topic_published_total": "published",
+    PREFIX + "broadcast_topic_delivered_total": "delivered",
+    PREFIX + "broadcast_topic_dropped_total": "dropped",
+    PREFIX + "broadcast_topic_subscriptions": "subscriptions",
+}
 
 _SIMPLE: Final = {
     PREFIX + "connections_accepted_total": "accepted",
@@ -129,7 +214,11 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot
+        broadcast = snapshot.get("broadcast", {})
         for name, info in METRICS.items():
+            if name.startswith(PREFIX + "broadcast_"):
+                yield _broadcast_metric(info, broadcast)
+                continue
             if info.kind == "gauge":
                 gauge = GaugeMetricFamily(name, info.help)
                 gauge.add_metric([], snapshot["open"])
@@ -147,6 +236,23 @@ class SnapshotCollector(Collector):
                 for reason, value in sorted(snapshot[key].items()):
                     counter.add_metric([reason], value)
             yield counter
+
+
+def _broadcast_metric(info: MetricInfo, figures: dict[str, Any]) -> Metric:
+    """One broadcast metric from the process's (or processes') broadcast figures."""
+    family = GaugeMetricFamily if info.kind == "gauge" else CounterMetricFamily
+    metric = family(info.name, info.help, labels=info.labels)
+    if info.name in _BROADCAST:
+        metric.add_metric([], figures.get(_BROADCAST[info.name], 0))
+    elif info.name in _BROADCAST_BY_TOPIC:
+        field = _BROADCAST_BY_TOPIC[info.name]
+        for label, topic in sorted(figures.get("topics", {}).items()):
+            metric.add_metric([label], topic.get(field, 0))
+    else:  # dropped by policy, hubs by status
+        key = "dropped" if info.name == PREFIX + "broadcast_dropped_total" else "hubs"
+        for label, value in sorted(figures.get(key, {}).items()):
+            metric.add_metric([label], value)
+    return metric
 
 
 def exposition(snapshot: Snapshot, accept: str = "") -> tuple[bytes, str]:

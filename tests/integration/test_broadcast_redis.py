@@ -16,7 +16,7 @@ import trio.testing
 from tests.integration.conftest import open_client
 from tests.integration.redis_server import RedisServer
 from tests.integration.served import drain_stderr, start_cli, stop_process
-from trio_asgi_ws.broadcast import BroadcastStatus, open_broadcast
+from trio_asgi_ws.broadcast import BroadcastStatus, figures, open_broadcast
 
 DEADLINE = 15.0
 
@@ -80,8 +80,11 @@ async def test_a_redis_restart_keeps_subscribers_and_delivery_resumes(
             assert (await sub.receive()).data == "before"
             await redis.stop()
             await hub.wait_for_status("reconnecting")
+            lost_before = figures()["lost"]
             await hub.publish("t", "during")  # at most once: lost, counted, logged
             assert hub.lost == 1
+            assert figures()["lost"] == lost_before + 1  # what the metrics export
+            assert figures()["hubs"] == {"reconnecting": 1}
             await redis.start()
             await hub.wait_for_status("connected")
             await hub.publish("t", "after")
