@@ -41,14 +41,31 @@ async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
 
 
 async def page(scope: Scope, receive: Receive, send: Send) -> None:
-    """``GET /`` gets the chat page; anything else over HTTP is a 404."""
-    if scope["type"] == "http" and scope["path"] == "/":
-        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", b"%d" % len(PAGE))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": PAGE})
+    """``GET /`` gets the chat page, ``GET /rooms/<room>`` the room's figures in this process as
+    JSON (the page's live view of the hub); anything else over HTTP is a 404."""
+    path = scope["path"] if scope["type"] == "http" else ""
+    if path == "/":
+        await _respond(send, 200, "text/html; charset=utf-8", PAGE)
+    elif path.startswith("/rooms/") and len(path) > len("/rooms/"):
+        hub: Broadcast = scope["state"]["hub"]
+        room = hub.topic_stats(f"chat:{path[len('/rooms/'):]}")
+        figures = {
+            "subscribers": room.subscribers,
+            "messages": room.messages,
+            "delivered": room.delivered,
+            "dropped": room.dropped,
+            "buffered": room.buffered,
+            "hub": str(hub.status),
+        }
+        await _respond(send, 200, "application/json", json.dumps(figures).encode())
     else:
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b"Not Found"})
+        await _respond(send, 404, "text/plain", b"Not Found")
+
+
+async def _respond(send: Send, status: int, content_type: str, body: bytes) -> None:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 app = Router(lifespan=lifespan, default=page)

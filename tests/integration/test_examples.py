@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -82,3 +83,53 @@ async def test_chat_example_accepts_its_own_page_and_refuses_other_sites(
         conn = await attacks.handshake(server.port, "/ws/lobby?name=mallory", headers=headers, check=False)
         async with conn:
             assert conn.status == status
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    """One plain HTTP/1.1 GET on 127.0.0.1: the status and the body (read to its length: the
+    server may keep the connection open after answering, ``Connection: close`` or not)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += await stream.receive_some()
+        head, _, body = response.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )
+        while len(body) < length:
+            body += await stream.receive_some()
+    return int(head.split()[1]), body
+
+
+async def test_chat_example_shows_its_room_as_the_hub_sees_it() -> None:
+    async with served(chat.app) as server:
+        port = server.port
+        with trio.fail_after(DEADLINE):
+            assert json.loads((await http_get(port, "/rooms/attic"))[1]) == {
+                "subscribers": 0,
+                "messages": 0,
+                "delivered": 0,
+                "dropped": 0,
+                "buffered": 0,
+                "hub": "connected",
+            }
+            async with (
+                open_client(server.url("/ws/attic?name=ann")) as ann,
+                open_client(server.url("/ws/attic?name=bob")) as bob,
+            ):
+                await bob.send_message("hello")
+                while "hello" not in await ann.get_message():
+                    pass
+                while "hello" not in await bob.get_message():
+                    pass
+                status, body = await http_get(port, "/rooms/attic")
+                figures = json.loads(body)
+                assert status == 200
+                assert figures["subscribers"] == 2 and figures["dropped"] == 0
+                assert figures["messages"] == 3  # two joins and a hello
+                assert figures["delivered"] >= 5  # bob's own join may still be on its way to ann
+            assert (await http_get(port, "/nothing"))[0] == 404
