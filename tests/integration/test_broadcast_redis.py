@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from tests.integration.broadcast_backends import single_redis
 from tests.integration.conftest import open_client
 from tests.integration.redis_server import RedisServer
 from tests.integration.served import drain_stderr, start_cli, stop_process
@@ -21,19 +19,8 @@ from trio_asgi_ws.broadcast import BroadcastStatus, figures, open_broadcast
 DEADLINE = 15.0
 
 
-@asynccontextmanager
-async def a_redis() -> AsyncIterator[str]:
-    """The URL of the Redis CI starts (``REDIS_URL``), else of one of our own."""
-    url = os.environ.get("REDIS_URL")
-    if url is None:
-        async with RedisServer() as redis:
-            yield redis.url
-    else:
-        yield url
-
-
 async def test_two_hubs_on_one_redis_share_topics() -> None:
-    async with a_redis() as url, open_broadcast(url) as here, open_broadcast(url) as there:
+    async with single_redis() as url, open_broadcast(url) as here, open_broadcast(url) as there:
         assert here.status == there.status == "connected"
         assert here.status is BroadcastStatus.CONNECTED
         async with there.subscribe("room:1") as far, here.subscribe("room:1") as near:
@@ -46,7 +33,7 @@ async def test_two_hubs_on_one_redis_share_topics() -> None:
 
 async def test_a_redis_hub_refuses_the_block_policy_at_once_and_says_what_to_use_instead() -> None:
     """One task reads Redis for every topic: a full block subscriber would stall them all."""
-    async with a_redis() as url, open_broadcast(url) as hub:
+    async with single_redis() as url, open_broadcast(url) as hub:
         with pytest.raises(
             ValueError,
             match=r"^overflow='block' is refused by RedisBackend: one task delivers every topic, so one "
