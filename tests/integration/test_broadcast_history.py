@@ -26,7 +26,6 @@ from trio_asgi_ws.testing import connect
 DEADLINE = 15.0
 
 
-
 @pytest.fixture(params=list(EVERY_BACKEND))
 def backend(request: pytest.FixtureRequest) -> Any:
     """An async context manager giving a broadcast URL of the backend under test."""
@@ -284,3 +283,20 @@ async def test_a_late_copy_of_a_replayed_message_is_not_sent_by_the_hub_itself()
             with trio.fail_after(DEADLINE):
                 assert (await ws.receive_json())["n"] == 3
             await ws.send_text("bye")
+
+
+async def test_an_id_from_another_memory_hub_is_never_taken_for_one_of_this_hubs() -> None:
+    async with (
+        open_broadcast("memory://", history=5) as first,
+        open_broadcast("memory://", history=5) as second,
+    ):
+        for hub in (first, second):
+            async with hub.subscribe("t") as sub:
+                await hub.publish("t", "x")
+                await hub.publish("t", "y")
+                ids = [(await sub.receive()).id for _ in range(2)]
+        # Same topic, same counters, hubs opened in the same millisecond: the ids still differ.
+        async with second.subscribe("t", since=ids[0]) as resumed:
+            assert resumed.recovered is True
+        async with first.subscribe("t", since=ids[0]) as foreign:
+            assert foreign.recovered is False

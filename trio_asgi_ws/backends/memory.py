@@ -1,9 +1,10 @@
 """The ``memory://`` broadcast backend: one process, delivery straight to local subscribers.
 
-Ids are ``"<start>-<n>"``: the hub's start in milliseconds since the epoch, then a counter shared
-by every topic, so an id given out by an earlier process (or hub) is never found in this one's
-history.  A topic whose history size is N keeps its last N messages in a ring buffer; a topic
-without history keeps nothing (and no state at all).
+Ids are ``"<start>-<n>"``: the hub's start in milliseconds since the epoch (one more than the
+last hub's when two start within a millisecond), then a counter shared by every topic, so an id
+given out by an earlier process or another hub is never found in this one's history.  A topic
+whose history size is N keeps its last N messages in a ring buffer; a topic without history
+keeps nothing (and no state at all).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import trio
 from .base import START, BroadcastMessage, BroadcastStatus, Deliver, History, Replay, history_size
 
 __all__ = ["MemoryBackend"]
+
+_last_start = 0  # of the latest hub in this process, so that no two share one
 
 
 class _Kept:
@@ -44,7 +47,8 @@ class MemoryBackend:
         history_size(history, "")  # a bad constant fails here, at open_broadcast
         self._history = history
         self._deliver: Deliver | None = None
-        self._epoch = time.time_ns() // 1_000_000
+        global _last_start
+        self._epoch = _last_start = max(time.time_ns() // 1_000_000, _last_start + 1)
         self._count = 0
         self._kept: dict[str, _Kept] = {}
 
