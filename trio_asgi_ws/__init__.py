@@ -30,3 +30,4 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+"""The one place the version is written: setup.cfg reads it (``version = attr: ...``)."""
