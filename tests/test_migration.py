@@ -477,12 +477,21 @@ def test_starlettes_websocket_endpoint_class_is_refused_by_the_route() -> None:
         StructuredRoute("/ws", Echo)
 
 
+SEEN: dict[str, Any] = {}
+
+
+def look(websocket: starlette_websockets.WebSocket) -> None:
+    """A FastAPI dependency (module level: the annotations are strings FastAPI resolves here)."""
+    SEEN["dependency"] = type(websocket)
+
+
+async def accepts(websocket: starlette_websockets.WebSocket) -> None:
+    await websocket.accept()
+
+
 async def test_fastapi_dependencies_get_fastapis_websocket_and_must_not_accept_it() -> None:
-    seen: dict[str, Any] = {}
-
-    def look(websocket: starlette_websockets.WebSocket) -> None:
-        seen["dependency"] = type(websocket)
-
+    seen = SEEN
+    seen.clear()
     app = FastAPI()
 
     @app.websocket("/ws")
@@ -495,9 +504,6 @@ async def test_fastapi_dependencies_get_fastapis_websocket_and_must_not_accept_i
     async with connect(app, "/ws") as ws:
         assert await ws.receive_text() == "hello"
     assert seen == {"dependency": starlette_websockets.WebSocket, "endpoint": WebSocket}
-
-    async def accepts(websocket: starlette_websockets.WebSocket) -> None:
-        await websocket.accept()
 
     @app.websocket("/greedy")
     @structured
