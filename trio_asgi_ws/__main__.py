@@ -14,31 +14,55 @@ If the app's lifespan startup fails, nothing is served: the failure is logged on
 record (its first line names the error, the app's traceback follows) and the command exits with
 status 3 (``STARTUP_FAILURE``, as uvicorn does); with ``--workers`` the supervisor then stops the
 other workers and exits with it.
+
+An app module that cannot be imported (it does not exist, or its own import fails: the error is
+named with the file and line where it happened) and an address that cannot be listened on (a
+port already in use) are one ERROR line each and exit status 1 (``CANNOT_START``).
 """
 
 from __future__ import annotations
 
 import argparse
 import builtins
+import errno
 import importlib
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import sys
+import textwrap
+import traceback
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import trio
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+from ._groups import leaves
 from ._supervisor import supervise
 from .server import TERMINATION_SIGNALS, StartupFailed, build_config, serve
 
-__all__ = ["STARTUP_FAILURE", "load_app", "main"]
+__all__ = ["CANNOT_START", "STARTUP_FAILURE", "AppImportError", "load_app", "main"]
 
 STARTUP_FAILURE = 3
 """Exit status when the app's lifespan startup failed."""
+
+CANNOT_START = 1
+"""Exit status when the app module cannot be imported or the address cannot be listened on."""
+
+_BINDING_FRAMES = frozenset({"bind", "_bind", "create_sockets", "_create_sockets", "open_tcp_listeners"})
+"""Functions through which a listening socket is bound: hypercorn's, trio's, the supervisor's."""
+
+
+class AppImportError(ImportError):
+    """The app module named on the command line could not be imported; ``str()`` is one line saying
+    why: the module does not exist, or its own import failed (the error, with its file and line)."""
 
 
 def _operational(summary: str) -> bool:
@@ -51,19 +75,95 @@ def _operational(summary: str) -> bool:
 
 
 def load_app(target: str) -> Any:
-    """Import ``module:attribute`` (the attribute may be dotted) relative to the current directory."""
+    """Import ``module:attribute`` (the attribute may be dotted) relative to the current directory.
+
+    Raises ``ValueError`` for a malformed target or a missing attribute, ``AppImportError``
+    (chained from the original error) when the module does not exist or its import fails.
+    """
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"expected 'module:attribute', got {target!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    app: Any = importlib.import_module(module_name)
+    try:
+        app: Any = importlib.import_module(module_name)
+    except Exception as error:
+        raise AppImportError(_import_failure(module_name, error)) from error
     for name in attribute.split("."):
         try:
             app = getattr(app, name)
         except AttributeError:
             raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
     return app
+
+
+def _import_failure(module_name: str, error: Exception) -> str:
+    """One line for ``error`` raised by importing ``module_name``."""
+    prefix = f"cannot import app module {module_name!r}"
+    parts = module_name.split(".")
+    packages = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    if isinstance(error, ModuleNotFoundError) and error.name in packages:
+        return f"{prefix}: no module named {error.name!r} in {os.getcwd()} or on sys.path"
+    if isinstance(error, SyntaxError):  # the failing line is in the error, not in its traceback
+        message = error.msg
+        where: tuple[str | None, int | None] = (error.filename, error.lineno)
+    else:
+        message = str(error)
+        # The innermost frame that is not the import machinery's is where the failure happened.
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<")]
+        where = (frames[-1].filename, frames[-1].lineno) if frames else (None, None)
+    text = f"{prefix}: {type(error).__name__}: {message}" if message else f"{prefix}: {type(error).__name__}"
+    filename, line = where
+    if filename is not None:
+        text += f" ({_shown_path(filename)}, line {line})"
+    return text
+
+
+def _shown_path(filename: str) -> str:
+    """``filename`` relative to the current directory when it is under it."""
+    try:
+        return os.path.relpath(filename) if not os.path.relpath(filename).startswith("..") else filename
+    except ValueError:  # another drive (Windows)
+        return filename
+
+
+def _listen_failure(error: BaseException) -> OSError | None:
+    """The ``OSError`` of a failed bind inside ``error`` (possibly nested in exception groups)."""
+    for leaf in leaves(error):
+        names = {frame.name for frame in traceback.extract_tb(leaf.__traceback__)}
+        if isinstance(leaf, OSError) and names & _BINDING_FRAMES:
+            return leaf
+    return None
+
+
+def _listen_failure_line(error: OSError, host: str, port: int, metrics_port: int | None) -> str:
+    """One line for a failed bind: which address, and why in plain words."""
+    names = {frame.name for frame in traceback.extract_tb(error.__traceback__)}
+    if "serve_metrics" in names and metrics_port is not None:
+        port, what = metrics_port, " (--metrics-port)"
+    else:
+        what = ""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        reason = "address already in use"
+    elif error.strerror:
+        reason = error.strerror[:1].lower() + error.strerror[1:]
+    else:
+        reason = str(error)
+    return f"cannot listen on {address}{what}: {reason}"
+
+
+def _plain(text: str) -> str:
+    """reST inline literals as plain text (``--help`` is read in a terminal)."""
+    return re.sub(r"``(.+?)``", r"\1", text)
+
+
+def _help_text() -> tuple[str, str]:
+    """``--help``'s description and epilog: the module docstring in plain text, rewrapped."""
+    paragraphs = [" ".join(p.split()) for p in _plain(__doc__ or "").split("\n\n") if p.strip()]
+    width = min(shutil.get_terminal_size().columns, 100) - 2
+    epilog = "\n\n".join(textwrap.fill(p, width, break_on_hyphens=False) for p in paragraphs[1:])
+    return "Serve an ASGI app (module:attribute) with hypercorn's trio worker.", epilog
 
 
 async def _parent_gone(parent: int) -> None:
@@ -92,8 +192,14 @@ def _already_stopping(signum: int, frame: object) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trio_asgi_ws", description=__doc__.splitlines()[0])
-    parser.add_argument("app", help="the ASGI app to serve, as module:attribute")
+    description, epilog = _help_text()
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_asgi_ws",
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("app", help="the ASGI app to serve, as module:attribute (e.g. examples.chat:app)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
@@ -143,7 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--workers must be at least 1, got {args.workers}")
     try:
         app = load_app(args.app)
-    except (ImportError, ValueError) as error:
+    except AppImportError as error:
+        logging.getLogger("trio_asgi_ws").error("%s", error)
+        return CANNOT_START
+    except ValueError as error:
         parser.error(str(error))
     options = {
         "max_message_size": args.max_message_size,
@@ -177,21 +286,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         _handle_termination_signals(_already_stopping)
     elif args.workers > 1 or args.reload:
         worker_argv = [arg for arg in (argv if argv is not None else sys.argv[1:]) if arg != "--reload"]
-        return trio.run(
-            partial(
-                supervise,
-                worker_argv,
-                args.host,
-                args.port,
-                args.workers,
-                args.reload,
-                metrics_port=args.metrics_port,
+        try:
+            return trio.run(
+                partial(
+                    supervise,
+                    worker_argv,
+                    args.host,
+                    args.port,
+                    args.workers,
+                    args.reload,
+                    metrics_port=args.metrics_port,
+                )
             )
-        )
+        except (OSError, BaseExceptionGroup) as error:
+            return _report_listen_failure(error, args)
     else:
         options["metrics_port"] = args.metrics_port
     try:
         trio.run(lambda: serve(app, args.host, args.port, **options))
+    except (OSError, BaseExceptionGroup) as error:
+        return _report_listen_failure(error, args)
     except StartupFailed as failure:
         details = "" if _operational(failure.summary) else failure.message.rstrip()
         logging.getLogger("trio_asgi_ws").error(
@@ -205,6 +319,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.fd is not None:
             _handle_termination_signals(signal.SIG_IGN)
     return 0
+
+
+def _report_listen_failure(error: BaseException, args: argparse.Namespace) -> int:
+    """Log a failed bind inside ``error`` on one line and return ``CANNOT_START``; re-raise
+    ``error`` if it is something else."""
+    failure = _listen_failure(error)
+    if failure is None:
+        raise error
+    line = _listen_failure_line(failure, args.host, args.port, args.metrics_port)
+    logging.getLogger("trio_asgi_ws").error("%s", line)
+    return CANNOT_START
 
 
 if __name__ == "__main__":
