@@ -119,6 +119,14 @@ __all__ = [
 ]
 
 Overflow = Literal["drop_oldest", "drop_newest", "close", "block"]
+"""What a subscription does when a message arrives and its buffer (``max_buffer``) is full.
+
+``drop_oldest`` drops the oldest buffered message to make room; ``drop_newest`` drops the new
+one; ``close`` drops it and ends the subscription (``SubscriberTooSlow`` after the buffered
+messages; a forwarded socket is closed with 1013); ``block`` makes ``publish`` wait for room
+(lossless, but one slow subscriber stalls the publisher; refused on Redis).  Each dropped
+message is counted in the subscription's ``dropped``.
+"""
 _POLICIES = ("drop_oldest", "drop_newest", "close", "block")
 TRY_AGAIN_LATER = 1013
 TOO_SLOW_REASON = "too slow: fell behind the broadcast"
@@ -140,6 +148,11 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
     (ends quietly when the hub closes), ``await sub.receive()`` or ``sub.receive_nowait()``; how
     each reports the end, the overflow policies and the counters are described in
     ``trio_asgi_ws.broadcast``.  Reading before the ``async with`` entry raises ``RuntimeError``.
+
+    The buffer holds at most ``max_buffer`` messages, and publishing never waits for it (except
+    under ``block``): when a message arrives and the buffer is full, ``overflow`` decides
+    (``drop_oldest``, ``drop_newest``, ``close`` or ``block``; see ``Overflow``), and each
+    message lost to it is counted in ``dropped``.  Cancelling a ``receive()`` loses nothing.
     """
 
     def __init__(

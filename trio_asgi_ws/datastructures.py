@@ -133,46 +133,57 @@ class URL(str):
 
     @cached_property
     def components(self) -> SplitResult:
+        """The parsed URL (``urllib.parse.urlsplit``), computed once."""
         return urlsplit(str(self))
 
     @property
     def scheme(self) -> str:
+        """``ws``, ``wss``, ``http`` or ``https`` (empty for a relative URL)."""
         return self.components.scheme
 
     @property
     def netloc(self) -> str:
+        """``host:port`` as written, with user information if any."""
         return self.components.netloc
 
     @property
     def path(self) -> str:
+        """The path, percent-encoded as it was received."""
         return self.components.path
 
     @property
     def query(self) -> str:
+        """The query string without ``?`` (empty when there is none)."""
         return self.components.query
 
     @property
     def fragment(self) -> str:
+        """The fragment without ``#`` (browsers never send one to a server)."""
         return self.components.fragment
 
     @property
     def username(self) -> str | None:
+        """The user name of ``user:password@host``, or ``None``."""
         return self.components.username
 
     @property
     def password(self) -> str | None:
+        """The password of ``user:password@host``, or ``None``."""
         return self.components.password
 
     @property
     def hostname(self) -> str | None:
+        """The host, lowercased, without brackets around an IPv6 address; ``None`` if absent."""
         return self.components.hostname
 
     @property
     def port(self) -> int | None:
+        """The port written in the URL, or ``None`` when none is (the scheme's default applies)."""
         return self.components.port
 
     @property
     def is_secure(self) -> bool:
+        """True for ``https`` and ``wss`` (TLS), as Starlette's ``URL.is_secure``."""
         return self.scheme in ("https", "wss")
 
     def _rebuild_netloc(self, changes: dict[str, Any]) -> str:
@@ -303,9 +314,11 @@ class QueryParams(Mapping[str, str]):
         self._last = dict(self._pairs)
 
     def getlist(self, key: str) -> list[str]:
+        """Every value of ``key``, in order (``[]`` when it is absent)."""
         return [value for name, value in self._pairs if name == key]
 
     def multi_items(self) -> list[tuple[str, str]]:
+        """Every ``(key, value)`` pair, repeated keys included, in the order received."""
         return list(self._pairs)
 
     def __getitem__(self, key: str) -> str:
@@ -369,18 +382,23 @@ class Headers(Mapping[str, str]):
 
     @property
     def raw(self) -> list[tuple[bytes, bytes]]:
+        """A copy of the ASGI ``(name, value)`` byte pairs, duplicates and order kept."""
         return list(self._raw)
 
     def keys(self) -> list[str]:  # type: ignore[override]
+        """Every header name as received (latin-1), one per header, duplicates included."""
         return [key.decode("latin-1") for key, _ in self._raw]
 
     def values(self) -> list[str]:  # type: ignore[override]
+        """Every header value (latin-1), one per header, in order."""
         return [value.decode("latin-1") for _, value in self._raw]
 
     def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        """Every ``(name, value)`` pair as text, duplicates included, in order."""
         return [(key.decode("latin-1"), value.decode("latin-1")) for key, value in self._raw]
 
     def getlist(self, key: str) -> list[str]:
+        """Every value of the header ``key`` (case-insensitive), in order (``[]`` when absent)."""
         wanted = _header_key(key)
         return [v.decode("latin-1") for k, v in self._raw if k.lower() == wanted]
 

@@ -43,6 +43,7 @@ __all__ = ["METRICS", "PREFIX", "MetricInfo", "SnapshotCollector", "exposition",
 logger = logging.getLogger("trio_asgi_ws")
 
 PREFIX: Final = "trio_asgi_ws_"
+"""The start of every exported metric's name."""
 
 
 class MetricInfo(NamedTuple):
@@ -213,6 +214,9 @@ class SnapshotCollector(Collector):
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
+        """One metric family per entry of ``METRICS``, in its order, with the snapshot's figures
+        (``prometheus_client`` calls this on every scrape; it reads the snapshot and never waits).
+        """
         snapshot = self._snapshot
         broadcast = snapshot.get("broadcast", {})
         for name, info in METRICS.items():

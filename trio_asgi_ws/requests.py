@@ -42,10 +42,17 @@ class HTTPConnection(Mapping[str, Any]):
 
     @property
     def app(self) -> Any:
+        """``scope["app"]``: the application the server called (set by routers and by Starlette)."""
         return self.scope["app"]
 
     @property
     def url(self) -> URL:
+        """The request's full URL (``ws://`` or ``wss://`` for a WebSocket), a ``str`` subclass.
+
+        Built once from the scope: its scheme, host (the ``Host`` header, else the server's
+        address), ``root_path`` (unless the server's ``path`` already starts with it) plus
+        ``path``, and the query string.
+        """
         if not hasattr(self, "_url"):
             self._url = URL(scope=self.scope)
         return self._url
@@ -70,28 +77,33 @@ class HTTPConnection(Mapping[str, Any]):
 
     @property
     def headers(self) -> Headers:
+        """The handshake's headers, case-insensitive; duplicates kept (``getlist``)."""
         if not hasattr(self, "_headers"):
             self._headers = Headers(scope=self.scope)
         return self._headers
 
     @property
     def query_params(self) -> QueryParams:
+        """The query string, parsed; plain lookup gives a key's last value."""
         if not hasattr(self, "_query_params"):
             self._query_params = QueryParams(self.scope["query_string"])
         return self._query_params
 
     @property
     def path_params(self) -> dict[str, Any]:
+        """The values a route's path took (``{room}``), converted by its convertors; ``{}`` unrouted."""
         return self.scope.get("path_params", {})  # type: ignore[no-any-return]
 
     @property
     def cookies(self) -> dict[str, str]:
+        """The ``Cookie`` headers parsed into a dict, as Starlette parses them."""
         if not hasattr(self, "_cookies"):
             self._cookies = parse_cookies(self.headers.getlist("cookie"))
         return self._cookies
 
     @property
     def client(self) -> Address | None:
+        """The client's ``(host, port)``, or ``None`` when the server does not say."""
         host_port = self.scope.get("client")
         return Address(*host_port) if host_port is not None else None
 
@@ -118,6 +130,11 @@ class HTTPConnection(Mapping[str, Any]):
 
     @property
     def state(self) -> State:
+        """``scope["state"]`` as attributes: what the lifespan yielded, shared by every connection.
+
+        It wraps the scope's dict: what a handler sets here is seen by everything holding the
+        same scope (ASGI servers give each connection a shallow copy of the lifespan's state).
+        """
         if not hasattr(self, "_state"):
             self._state = State(self.scope.setdefault("state", {}))
         return self._state

@@ -145,6 +145,7 @@ class OriginPolicy:
         self._allowed = {_canonical_origin(origin) for origin in allowed if origin not in (None, "*")}
 
     def allows(self, scope: Scope) -> bool:
+        """Whether this WebSocket scope's ``Origin`` is admitted (see the class docstring)."""
         headers = Headers(scope=scope)
         origin = headers.get("origin")
         if origin is None or self._any:
@@ -308,6 +309,15 @@ class WebSocketRoute:
         return f"{type(self).__name__}(path={self.path!r}, name={self.name!r})"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the endpoint on a WebSocket already matched and admitted (no path or origin check).
+
+        A function or ``WebSocketEndpoint`` runs in a structured block unless
+        ``structured=False``, so the client leaving cancels it and a full receive buffer closes
+        with 1008; an ASGI-app endpoint gets a plain-mode ``WebSocket``'s callables.  The socket
+        is closed when the endpoint ends (see "Endpoint errors" in docs/routing.md for the
+        codes).  No ``Exception`` it raises reaches the caller: ``InvalidJSON`` is logged at
+        INFO, any other error at ERROR with its traceback.
+        """
         websocket = WebSocket(scope, receive, send, **self.websocket_options)
         ending = lifecycle(websocket)
         try:
@@ -357,6 +367,12 @@ class Router:
     def add_websocket_route(
         self, path: str, endpoint: Endpoint | type[WebSocketEndpoint], **options: Any
     ) -> WebSocketRoute:
+        """Append a ``WebSocketRoute(path, endpoint, **options)`` and return it.
+
+        ``options`` are the route's (``name``, ``allowed_origins``, ``structured``,
+        ``websocket_options``); a bad path or endpoint raises here, not when a request arrives.
+        Routes are tried in the order they were added.
+        """
         route = WebSocketRoute(path, endpoint, **options)
         self.routes.append(route)
         return route

@@ -161,6 +161,7 @@ class run_lifespan(_NurseryOwner):
         )
 
     async def __aenter__(self) -> dict[str, Any]:
+        """Run the startup; returns the state dict (pass it to ``connect(..., state=)``)."""
         await self._open_nursery()
         self.nursery.start_soon(self._task.run)
         try:
@@ -173,6 +174,8 @@ class run_lifespan(_NurseryOwner):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        """Run the shutdown (a block left by an exception, cancellation included, skips it and
+        cancels the app's lifespan task instead); a failed shutdown raises ``LifespanFailed``."""
         try:
             if exc is None:
                 await self._exchange("lifespan.shutdown", "lifespan.shutdown.complete")
@@ -226,11 +229,19 @@ class TestWebSocket(_NurseryOwner):
 
     @property
     def scope(self) -> Scope:
+        """The ASGI scope the app gets (mutable until ``async with`` is entered)."""
         return self._scope
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> TestWebSocket:
+        """Start the app (and its lifespan, with ``lifespan=True``) and complete the handshake.
+
+        Returns once the app accepted.  A close before accept raises ``WebSocketDisconnect``, a
+        denial response ``WebSocketDenied``, an app that returns without either ``WebSocketDenied``
+        (500, as hypercorn answers), an app error that error, and no answer within ``timeout``
+        ``trio.TooSlowError``; in each case the app's task is cancelled and nothing is left running.
+        """
         if self._lifespan is not None:
             self._scope["state"].update(await self._lifespan.__aenter__())
         await self._open_nursery()
@@ -246,6 +257,14 @@ class TestWebSocket(_NurseryOwner):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        """Leave as a client does, then make sure the app has finished.
+
+        A block that ends normally closes with 1000 (unless already closed) and waits up to
+        ``timeout`` for the app to return (``trio.TooSlowError`` if it does not), then raises
+        what the app raised, if anything.  A block left by an exception, cancellation included,
+        tells the app the client vanished (a 1006 ``websocket.disconnect``), cancels it and
+        lets that exception through.  The lifespan, if this connection runs it, shuts down last.
+        """
         if exc is None:
             try:
                 await self._finish()
@@ -333,12 +352,20 @@ class TestWebSocket(_NurseryOwner):
             await task.to_app.send(message)
 
     async def send_text(self, data: str) -> None:
+        """Send a text frame to the app.
+
+        Waits while the app's 10-message queue is full, at most ``timeout`` (``trio.TooSlowError``);
+        cancelled while waiting, nothing is sent.  After ``close()``, or once the app's close
+        has been received, raises ``RuntimeError``.
+        """
         await self._put({"type": "websocket.receive", "text": data, "bytes": None})
 
     async def send_bytes(self, data: bytes) -> None:
+        """Send a binary frame to the app; waits, times out and cancels as ``send_text``."""
         await self._put({"type": "websocket.receive", "text": None, "bytes": bytes(data)})
 
     async def send_json(self, data: Any, mode: str = "text") -> None:
+        """Send ``data`` as compact JSON, in a text frame (or a binary one with ``mode="binary"``)."""
         text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
         if mode == "binary":
             await self.send_bytes(text.encode("utf-8"))
@@ -356,8 +383,11 @@ class TestWebSocket(_NurseryOwner):
     async def receive(self) -> Message:
         """The next raw message the app sent (``websocket.send`` or ``websocket.close``).
 
-        Once the app has finished, raises ``WebSocketDisconnect`` with the code it closed with
-        (1011, as hypercorn sends, if it returned without closing).
+        A ``websocket.close`` is returned (and answered, as a client does, so the app's wait for
+        it ends).  Once the app has finished, raises ``WebSocketDisconnect`` with the code it
+        closed with (1011, as hypercorn sends, if it returned without closing), or what the app
+        raised.  Nothing within ``timeout`` seconds raises ``trio.TooSlowError``.  Cancelling it
+        loses nothing: the message goes to the next call.
         """
         message = await self._next_from_app()
         if message is APP_FINISHED:
@@ -383,25 +413,47 @@ class TestWebSocket(_NurseryOwner):
         return message
 
     async def receive_text(self) -> str:
+        """The next text frame from the app.
+
+        Raises ``WebSocketDisconnect`` (the app's code) when the app closed, ``TypeError`` for a
+        binary frame, ``trio.TooSlowError`` when nothing arrives within ``timeout``.  Cancelling it
+        loses nothing: the message goes to the next call.
+        """
         message = await self._receive_data()
         if message.get("text") is None:
             raise TypeError(f"expected a text message from the app, got {message!r}")
         return str(message["text"])
 
     async def receive_bytes(self) -> bytes:
+        """The next binary frame from the app; raises, times out and cancels as ``receive_text``."""
         message = await self._receive_data()
         if message.get("bytes") is None:
             raise TypeError(f"expected a binary message from the app, got {message!r}")
         return bytes(message["bytes"])
 
     async def receive_json(self, mode: str = "text") -> Any:
+        """The next frame from the app (text, or binary with ``mode="binary"``), decoded as JSON."""
         if mode == "binary":
             return json.loads(await self.receive_bytes())
         return json.loads(await self.receive_text())
 
 
 connect = TestWebSocket
-"""Open an in-process WebSocket to an app: ``async with connect(app, "/path", ...) as ws``."""
+"""Open an in-process WebSocket to an app: ``async with connect(app, "/path", ...) as ws``.
+
+``connect(app, url="/", *, subprotocols=(), headers=None, timeout=5.0, lifespan=False,
+state=None, client=("testclient", 50000))``: ``url`` may carry a query string and a
+``ws://host`` or ``wss://host`` prefix; ``headers`` are added to the handshake's;
+``lifespan=True`` runs the app's lifespan around the connection, ``state=`` passes one
+``run_lifespan`` gave.  Entering returns a ``TestWebSocket`` once the app accepted (or raises
+``WebSocketDisconnect``, ``WebSocketDenied`` or the app's error).
+
+Every wait (the handshake, each send and receive, the app finishing after the close) is
+bounded by ``timeout`` and raises ``trio.TooSlowError`` instead of hanging the test.  Leaving
+the block normally closes with 1000 and waits for the app to return; leaving it by an
+exception or a cancellation disconnects (1006) and cancels the app.  Nothing leaks as an
+``ExceptionGroup``.
+"""
 
 
 def _websocket_scope(

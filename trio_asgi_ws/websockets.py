@@ -81,6 +81,8 @@ class WebSocketClose:
         self.reason = reason or ""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send ``websocket.close`` with this code and reason (before accept: HTTP 403 under
+        hypercorn); it neither receives nor waits for the client's answer."""
         await send({"type": "websocket.close", "code": self.code, "reason": self.reason})
 
 
@@ -416,7 +418,18 @@ class WebSocket(HTTPConnection):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        """Stop the pump, close as the body's ending calls for, wait (bounded) for the client."""
+        """Stop the pump, close as the body's ending calls for, wait (bounded) for the client.
+
+        If the socket is still open it is closed: 1000 when the body ended normally or was
+        cancelled, 1001 when it was cancelled because ``serve()`` is stopping, 1011 when it
+        raised, 1007 for ``InvalidJSON``, a ``WebSocketException``'s own code, 1008 after a
+        receive-buffer overflow; a block left before ``accept()`` rejects the handshake.  Then
+        it reads and discards what the client still sends until its close arrives, for at most
+        ``close_timeout`` seconds, shielded from outside cancellation, so a cancelled block
+        still ends the connection cleanly.  ``WebSocketDisconnect`` from this socket, and the
+        cancellation of the body on disconnect or overflow, end the block quietly; any other
+        exception propagates as itself, never inside an ``ExceptionGroup``.
+        """
         self._pump = None
         return await self._lifecycle.exit(exc)
 

@@ -141,6 +141,7 @@ class StructuredEndpoint:
         self.origins = OriginPolicy(allowed_origins or ())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one connection with ``endpoint`` (see ``run``); ``RuntimeError`` without one."""
         if self.endpoint is None:
             raise RuntimeError("this StructuredEndpoint has no endpoint of its own: call run()")
         await self.run(scope, receive, send, self.endpoint)
