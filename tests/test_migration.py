@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import pytest
 import trio
+import trio.testing
 from fastapi import Depends, FastAPI
 from starlette import routing as starlette_routing
 from starlette import websockets as starlette_websockets
@@ -236,6 +237,8 @@ async def test_receive_json_raises_invalid_json_for_any_bad_document(
 
 
 async def test_a_second_concurrent_receive_raises_busy_resource_error() -> None:
+    both_started = trio.Event()
+
     async def handler(ws: AnyWS) -> list[str]:
         await ws.accept()
         got: list[str] = []
@@ -248,13 +251,17 @@ async def test_a_second_concurrent_receive_raises_busy_resource_error() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(one)
-            await trio.sleep(0.01)  # the first is waiting in receive()
+            await trio.testing.wait_all_tasks_blocked()  # the first is waiting in receive()
             nursery.start_soon(one)
+            await trio.testing.wait_all_tasks_blocked()  # so is the second (Starlette), or it failed
+            both_started.set()
         return got
 
     messages = [*ACCEPT_AND_TEXT, {"type": "websocket.receive", "text": "ho", "bytes": None}]
 
     async def later(cls: type[Any]) -> Any:
+        nonlocal both_started
+        both_started = trio.Event()
         conn_result: list[Any] = []
 
         async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -264,7 +271,7 @@ async def test_a_second_concurrent_receive_raises_busy_resource_error() -> None:
         conn.to_app.send_nowait(CONNECT)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.run)
-            await trio.sleep(0.05)  # both receives have been started
+            await both_started.wait()
             for message in messages[1:]:
                 await conn.to_app.send(message)
         conn.raise_error()
