@@ -81,6 +81,12 @@ def encode_frame(message: Message) -> bytes:
     return header + payload
 
 
+def _header_size(frame: bytes) -> int:
+    """The length of an ``encode_frame`` frame's header (2, 4 or 10 bytes)."""
+    length = frame[1]
+    return 2 if length < 126 else 4 if length == 126 else 10
+
+
 class DirectSend:
     """One connection's direct writer (see the module docstring); made by the server."""
 
@@ -110,6 +116,10 @@ class DirectSend:
             written = os.write(server.stream.socket.fileno(), frame)
         except OSError:  # full (BlockingIOError), closed or reset: the ASGI path will tell
             return REFUSED
+        tally = self._stream.tally  # the metrics and connection log count it as a sent message
+        if tally is not None:
+            tally.sent_messages += 1
+            tally.sent_bytes += len(frame) - _header_size(frame)
         if written < len(frame):
             server.tail = memoryview(frame)[written:]
             return PARTIAL

@@ -376,3 +376,27 @@ async def test_a_stalled_client_falls_back_to_its_buffer_and_is_dropped_while_th
                 break
             await trio.sleep(0.05)
         assert len(os.listdir("/proc/self/fd")) <= open_files
+
+
+async def test_direct_writes_count_as_sent_messages_in_the_metrics(writes: Counter[int]) -> None:
+    """Frames the hub writes itself are the connection's sent messages (payload bytes, as the
+    ASGI path counts them), for ``messages_sent_total`` and the connection log alike."""
+    from tests.integration.metrics_scrape import free_port, scrape, value
+    from trio_asgi_ws.metrics import PREFIX
+
+    port = free_port()
+    async with open_broadcast() as hub, served(room_app(hub), metrics_port=port) as server:
+        clients = [await join(server.port) for _ in range(2)]  # each got "ready" the ASGI way
+        sizes = (10, 200, 70_000)  # 2-, 4- and 10-byte frame headers
+        for size in sizes:
+            await hub.publish("room", bytes_of(size))
+        for client in clients:
+            for size in sizes:
+                frame = await next_frame(client)
+                assert frame is not None and len(frame.payload) == size
+        assert writes[WHOLE] + writes[PARTIAL] == 2 * len(sizes)  # all written directly
+        samples = await scrape(port)
+        assert value(samples, PREFIX + "messages_sent_total") == 2 * (1 + len(sizes))
+        assert value(samples, PREFIX + "sent_bytes_total") == 2 * (len("ready") + sum(sizes))
+        for client in clients:
+            await client.aclose()
