@@ -79,12 +79,28 @@ it should do, and the test that attacks a real server and fails without it.
    Without it the per-message cost is one attribute test.  Tests:
    ``tests/integration/test_metrics.py``, ``tests/test_connection_log.py``.
 
+11. **An HTTP response's end can block its app forever, and with it the keep-alive connection.**
+   The HTTP counterpart of 8.  When a response is complete, hypercorn's ``HTTPStream`` puts
+   ``http.disconnect`` in the app's queue, waiting for room, from inside the app's own last
+   ``send`` (``http.response.body`` -> ``StreamClosed`` -> ``H11Protocol._maybe_recycle``), and
+   only after that put does the connection start its next request cycle.  An app that never
+   reads its request (most ``GET`` handlers, ``examples/chat.py``'s) leaves ``http.request`` in
+   the queue.  hypercorn's default queue of ten has room for the notice; ``serve()``'s queue of
+   one (``server._APP_QUEUE_SIZE``, since f18d9bc) is full, so the put never returns: the
+   second request on a keep-alive connection, or one pipelined behind the first, is read and
+   parked on ``can_read`` and never answered, and the app's handler stays stuck in that
+   ``send`` (plain ``hypercorn -k trio`` hangs the same way when its queue is full).  Fix: as
+   in 8, the disconnect is put without waiting when there is room, otherwise by a task of the
+   connection once the app makes room, cancelled when the app returns.
+   Tests: ``test_keep_alive_requests_are_all_answered`` and
+   ``test_pipelined_requests_are_all_answered`` (``tests/integration/test_server.py``).
+
 How they are applied: ``applied()`` swaps the classes hypercorn's trio worker instantiates
-(``TCPServer`` in ``hypercorn.trio.run``, ``WSStream`` in ``hypercorn.protocol.h11``/``h2``) for
-factories that build the corrected subclasses when the config is a ``GuardedConfig`` (only
-``serve()`` makes one) and hypercorn's own classes otherwise, and restores them when the last
-``serve()`` in the process returns.  Importing this module changes nothing; plain
-``hypercorn -k trio`` never gets these fixes.
+(``TCPServer`` in ``hypercorn.trio.run``, ``WSStream`` and ``HTTPStream`` in
+``hypercorn.protocol.h11``/``h2``) for factories that build the corrected subclasses when the
+config is a ``GuardedConfig`` (only ``serve()`` makes one) and hypercorn's own classes otherwise,
+and restores them when the last ``serve()`` in the process returns.  Importing this module
+changes nothing; plain ``hypercorn -k trio`` never gets these fixes.
 """
 
 from __future__ import annotations
@@ -106,6 +122,7 @@ from hypercorn.config import Config
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.events import Response, StreamClosed
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.protocol.ws_stream import (
     ASGIWebsocketState,
     FrameTooLargeError,
@@ -362,6 +379,79 @@ class _BoundedDeflate(PerMessageDeflate):
         return tail
 
 
+class _DisconnectNotice:
+    """Puts a stream's disconnect message in its app's queue, never waiting there (fixes 8, 11).
+
+    hypercorn hands a stream its queue's bound ``send()``, whose channel has ``send_nowait()``.
+    With no room, a task of the connection waits for the app to make some; ``app_returned()``
+    ends that wait, since nobody will read the message then.
+    """
+
+    def __init__(self, guard: ConnectionGuard, task_group: Any) -> None:
+        self._guard = guard
+        self._task_group = task_group
+        self.app_finished = False
+        """The app has returned: nobody will read a disconnect now."""
+        self._pending_put: trio.CancelScope | None = None
+
+    def put(self, message: dict[str, Any], app_put: Any) -> None:
+        queue: trio.MemorySendChannel[Any] = app_put.__self__
+        try:
+            queue.send_nowait(message)
+        except trio.WouldBlock:
+            self._task_group.spawn(self._put_when_the_app_reads, message, app_put)
+
+    async def _put_when_the_app_reads(self, message: dict[str, Any], app_put: Any) -> None:
+        """Wait for the app to make room; ends when it does, or when the app returns.
+
+        Shielded: when a shutdown cancels the connection, the app is usually draining its queue
+        on the way out and waiting for exactly this message.  The guard's ``abort_all`` ends the
+        wait a second later, so a shutdown always ends.
+        """
+        with self._guard.shielded_until_abort() as self._pending_put:
+            if self.app_finished:  # it returned before this task started
+                return
+            await app_put(message)
+
+    def app_returned(self) -> None:
+        self.app_finished = True
+        if self._pending_put is not None:
+            self._pending_put.cancel()
+
+
+class _GuardedHTTPStream(HTTPStream):
+    """hypercorn's HTTP stream with fix 11 (see the module docstring)."""
+
+    config: GuardedConfig
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._notice = _DisconnectNotice(self.config.guard, self.task_group)
+
+    async def handle(self, event: Any) -> None:
+        if isinstance(event, StreamClosed):
+            await self._report_disconnect()
+        else:
+            await super().handle(event)
+
+    async def _report_disconnect(self) -> None:
+        """hypercorn's ``StreamClosed`` handling, with a put that never waits for room (fix 11)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.state != ASGIHTTPState.CLOSED:
+            # No response to log, as hypercorn logs it (its Logger takes None; its hint does not)
+            await self.config.log.access(self.scope, None, time() - self.start_time)  # type: ignore[arg-type]
+        app_put = getattr(self, "app_put", None)  # not set when the request was refused with 404
+        if app_put is not None and not self._notice.app_finished:
+            self._notice.put({"type": "http.disconnect"}, app_put)
+
+    async def app_send(self, message: Any) -> None:
+        if message is None:  # the app has returned: a disconnect still waiting will never be read
+            self._notice.app_returned()
+        await super().app_send(message)
+
+
 class _BoundedBuffer(WebsocketBuffer):
     """hypercorn's message buffer, checking the limit before it stores a fragment (fix 1)."""
 
@@ -390,10 +480,9 @@ class _GuardedWSStream(WSStream):
         self._closed_event = trio.Event()
         self._refused_with: int | None = None
         self._disconnect_reported = False
-        self._app_finished = False
-        self._pending_put: trio.CancelScope | None = None
         self.direct_send: DirectSend | None = None
         super().__init__(*args)
+        self._notice = _DisconnectNotice(self.config.guard, self.task_group)
         self.buffer = _BoundedBuffer(self.config.websocket_max_message_size)
 
     @property
@@ -443,7 +532,7 @@ class _GuardedWSStream(WSStream):
         self._disconnect_reported = True
         if self.tally is not None:
             self._end_tally(self.tally)
-        if self.app_put is None or self._app_finished:  # nobody will read it
+        if self.app_put is None or self._notice.app_finished:  # nobody will read it
             return
         if self._refused_with is not None:
             code = self._refused_with
@@ -451,32 +540,11 @@ class _GuardedWSStream(WSStream):
             code = CloseReason.NORMAL_CLOSURE
         else:
             code = CloseReason.ABNORMAL_CLOSURE
-        message = {"type": "websocket.disconnect", "code": int(code)}
-        # hypercorn hands the stream its queue's bound send(): the channel has send_nowait()
-        queue: trio.MemorySendChannel[Any] = self.app_put.__self__  # type: ignore[attr-defined]
-        try:
-            queue.send_nowait(message)
-        except trio.WouldBlock:
-            self.task_group.spawn(self._put_when_the_app_reads, message)
-
-    async def _put_when_the_app_reads(self, message: dict[str, Any]) -> None:
-        """Wait for the app to make room; ends when it does, or when the app returns.
-
-        Shielded: when a shutdown cancels the connection, the app is usually draining its queue
-        on the way out and waiting for exactly this message.  The guard's ``abort_all`` ends the
-        wait a second later, so a shutdown always ends.
-        """
-        with self.config.guard.shielded_until_abort() as self._pending_put:
-            if self._app_finished:  # it returned before this task started
-                return
-            assert self.app_put is not None
-            await self.app_put(message)
+        self._notice.put({"type": "websocket.disconnect", "code": int(code)}, self.app_put)
 
     async def app_send(self, message: Any) -> None:
         if message is None:  # the app has returned: a disconnect still waiting will never be read
-            self._app_finished = True
-            if self._pending_put is not None:
-                self._pending_put.cancel()
+            self._notice.app_returned()
         tally = self.tally
         if tally is not None:
             if message is not None and message["type"] == "websocket.send" and self.state is _CONNECTED:
@@ -646,10 +714,17 @@ def _ws_stream(app: Any, config: Any, *args: Any) -> Any:
     return stream_class(app, config, *args)
 
 
+def _http_stream(app: Any, config: Any, *args: Any) -> Any:
+    stream_class = _GuardedHTTPStream if isinstance(config, GuardedConfig) else HTTPStream
+    return stream_class(app, config, *args)
+
+
 _PATCHES: list[tuple[Any, str, Any, Any]] = [
     (hypercorn.trio.run, "TCPServer", TCPServer, _tcp_server),
     (hypercorn.protocol.h11, "WSStream", WSStream, _ws_stream),
     (hypercorn.protocol.h2, "WSStream", WSStream, _ws_stream),
+    (hypercorn.protocol.h11, "HTTPStream", HTTPStream, _http_stream),
+    (hypercorn.protocol.h2, "HTTPStream", HTTPStream, _http_stream),
 ]
 _users = 0
 

@@ -60,7 +60,10 @@ _LEFTOVER_GRACE = 1.0
 _APP_QUEUE_SIZE = 1
 """Messages hypercorn reads ahead of the app per connection (its default is 10): each may be a
 whole ``max_message_size``, so this bounds what a client can make the server hold while its app is
-busy.  A structured WebSocket's pump buffers on top of this, within its own bound."""
+busy.  A structured WebSocket's pump buffers on top of this, within its own bound.  A queue this
+short is full while an HTTP app has not read its request, which hypercorn alone does not survive
+(it waits for room for ``http.disconnect`` before taking the connection's next request): fix 11
+in ``_hypercorn_fixes``."""
 _ABORT_MARGIN = 0.2
 
 

@@ -19,7 +19,7 @@ import trio
 from starlette.applications import Starlette
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
-from tests.integration.conftest import open_client
+from tests.integration.conftest import open_client, start_hypercorn
 from tests.integration.served import (
     REPO,
     drain_stderr,
@@ -31,6 +31,7 @@ from tests.integration.served import (
 )
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws.__main__ import load_app, main
+from trio_asgi_ws._types import Receive, Scope, Send
 from trio_asgi_ws.routing import Router
 from trio_asgi_ws.server import StartupFailed, build_config, serve
 
@@ -139,6 +140,124 @@ async def lifespan(app):
 
 app = Router(lifespan=lifespan)
 """
+
+
+# -- HTTP/1.1 keep-alive (fix 11 in _hypercorn_fixes) -----------------------------------------
+
+
+async def answer_without_reading_the_request(scope: Scope, receive: Receive, send: Send) -> None:
+    """An HTTP app that, like most GET handlers, never calls ``receive()``: its path as the body."""
+    body = scope["path"].encode()
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+KEEP_ALIVE_APP = """
+from tests.integration.test_server import answer_without_reading_the_request
+from trio_asgi_ws.routing import Router
+
+app = Router(default=answer_without_reading_the_request)
+"""
+
+
+@asynccontextmanager
+async def http_server(how: str, tmp_path: Path) -> AsyncIterator[int]:
+    """``answer_without_reading_the_request`` served by ``serve()``, the CLI or plain hypercorn
+    (the behaviour to match); yields the port."""
+    app = Router(default=answer_without_reading_the_request)
+    if how == "serve":
+        async with served(app) as server:
+            yield server.port
+    elif how == "cli":
+        (tmp_path / "keep_alive_app.py").write_text(KEEP_ALIVE_APP)
+        process, port, _ = await start_cli("keep_alive_app:app", cwd=tmp_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain_stderr, process)
+                yield port
+                nursery.cancel_scope.cancel()
+        finally:
+            await stop_process(process)
+    else:
+        assert how == "hypercorn"
+        async with trio.open_nursery() as nursery:
+            shutdown = trio.Event()
+            yield await start_hypercorn(nursery, answer_without_reading_the_request, shutdown)
+            shutdown.set()
+
+
+class RawHTTP11:
+    """One HTTP/1.1 connection on a plain TCP stream, reading each response by its Content-Length."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self._buffer = b""
+
+    async def send_requests(self, *paths: str) -> None:
+        """Write a GET for each path, all in one write (several: pipelined)."""
+        requests = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" for path in paths)
+        await self.stream.send_all("".join(requests).encode())
+
+    async def read_response(self) -> tuple[int, dict[str, str], bytes]:
+        """The next response's status, headers (lower-cased names) and body."""
+        while b"\r\n\r\n" not in self._buffer:
+            await self._read_more()
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers["content-length"])
+        while len(self._buffer) < length:
+            await self._read_more()
+        body, self._buffer = self._buffer[:length], self._buffer[length:]
+        return int(status_line.split()[1]), headers, body
+
+    async def _read_more(self) -> None:
+        data = await self.stream.receive_some()
+        assert data, f"the server closed the connection; unread: {self._buffer!r}"
+        self._buffer += data
+
+
+@pytest.mark.parametrize("how", ["serve", "cli", "hypercorn"])
+async def test_keep_alive_requests_are_all_answered(how: str, tmp_path: Path) -> None:
+    """Three requests one after another on one connection, to an app that never reads its
+    requests (``examples/chat.py``'s ``GET /rooms/<room>``, polled by its page): each is answered
+    on the same connection, as plain hypercorn does."""
+    async with http_server(how, tmp_path) as port:
+        with trio.fail_after(DEADLINE):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            connection = RawHTTP11(stream)
+            for path in ("/rooms/a", "/rooms/b", "/rooms/c"):
+                with trio.fail_after(DEADLINE):
+                    await connection.send_requests(path)
+                    status, headers, body = await connection.read_response()
+                assert (status, body) == (200, path.encode())
+                assert headers.get("connection") != "close"
+
+
+@pytest.mark.parametrize("how", ["serve", "hypercorn"])
+async def test_pipelined_requests_are_all_answered(how: str, tmp_path: Path) -> None:
+    """Two requests written at once, then a third once they are answered: hypercorn answers a
+    pipelined request once the one before it is done, and so must ``serve()``."""
+    async with http_server(how, tmp_path) as port:
+        with trio.fail_after(DEADLINE):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            connection = RawHTTP11(stream)
+            with trio.fail_after(DEADLINE):
+                await connection.send_requests("/first", "/second")
+                answers = [await connection.read_response() for _ in range(2)]
+                await connection.send_requests("/third")
+                answers.append(await connection.read_response())
+            assert [(status, body) for status, _, body in answers] == [
+                (200, b"/first"),
+                (200, b"/second"),
+                (200, b"/third"),
+            ]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
