@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -125,6 +126,20 @@ def test_two_browser_tabs_in_one_room_see_each_others_messages(
 
     browser.switch_to.window(bob_tab)
     WebDriverWait(browser, DEADLINE).until(lambda d: "ann: hi bob, ann here" in log_text(d))
+    # The page's live view of the room, from the hub (GET /rooms/garden once a second).
+    seen: list[str] = []
+
+    def room_view_shows_both(driver: webdriver.Chrome) -> bool:
+        seen.append(driver.find_element(By.ID, "room-view").text)
+        return (
+            re.fullmatch(r"2 here · \d+ messages · 0 dropped · 0 waiting · hub connected", seen[-1])
+            is not None
+        )
+
+    try:
+        WebDriverWait(browser, DEADLINE).until(room_view_shows_both)
+    except TimeoutException:
+        pytest.fail(f"the room view showed {seen[-3:]}")
     browser.save_screenshot(os.path.join(tempfile.gettempdir(), "trio_asgi_ws_chat.png"))
 
 
