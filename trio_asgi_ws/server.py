@@ -148,9 +148,17 @@ class GracefulShutdown:
 
     @property
     def open_connections(self) -> int:
+        """WebSockets whose app is running now (accepted or still in their handshake)."""
         return len(self._live)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app; WebSockets are tracked so that ``close_all`` can reach them.
+
+        Other scopes pass straight through.  During a shutdown a new WebSocket is refused (HTTP
+        403, counted as rejected for ``shutdown``).  When the shutdown cancels a handler that
+        accepted and did not close, its socket is closed here with 1001 (bounded by a second,
+        shielded); a client that vanished meanwhile is only logged at DEBUG.
+        """
         if scope["type"] != "websocket":
             await self.app(scope, receive, send)
             return
