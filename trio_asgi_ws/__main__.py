@@ -122,9 +122,10 @@ def _import_failure(module_name: str, error: Exception) -> str:
 def _shown_path(filename: str) -> str:
     """``filename`` relative to the current directory when it is under it."""
     try:
-        return os.path.relpath(filename) if not os.path.relpath(filename).startswith("..") else filename
+        relative = os.path.relpath(filename)
     except ValueError:  # another drive (Windows)
         return filename
+    return filename if relative.startswith("..") else relative
 
 
 def _listen_failure(error: BaseException) -> OSError | None:
