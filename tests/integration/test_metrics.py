@@ -16,7 +16,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected
 from tests.integration import attacks
 from tests.integration.conftest import DEADLINE, open_client
 from tests.integration.metrics_scrape import free_port, get, scrape, value, wait_for
-from tests.integration.served import served
+from tests.integration.served import router_with_an_echo, served
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws.metrics import METRICS, PREFIX
 from trio_asgi_ws.routing import Router
@@ -25,13 +25,7 @@ P = PREFIX
 
 
 def app_for_metrics() -> Router:
-    app = Router()
-
-    @app.websocket("/echo")
-    async def echo(ws: WebSocket) -> None:
-        await ws.accept()
-        async for text in ws.iter_text():
-            await ws.send_text(text)
+    app = router_with_an_echo()
 
     @app.websocket("/close/{code:int}")
     async def close(ws: WebSocket) -> None:
