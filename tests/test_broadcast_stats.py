@@ -129,3 +129,49 @@ async def test_the_process_figures_sum_open_hubs_and_keep_what_closed_hubs_count
     assert both["hubs"] == {"connected": 2} and both["fullest"] == after_two["fullest"]
     gone = merge_figures([after_two], gauges=False)  # a worker that has exited
     assert (gone["published"], gone["subscriptions"], gone["hubs"]) == (after_two["published"], 0, {})
+
+
+async def test_figures_add_up_over_subscriptions_policies_labels_and_closed_ones() -> None:
+    start = figures()
+
+    def label(topic: str) -> str | None:
+        return topic.split(":")[0] if ":" in topic else None
+
+    async with open_broadcast("memory://", history=5, topic_label=label) as hub:
+        for n in range(3):
+            await hub.publish("room:a", n)
+        for n in range(2):
+            await hub.publish("room:b", n)
+        async with (
+            hub.subscribe("room:a", since=START, max_buffer=1) as a,
+            hub.subscribe("room:b", since=START, max_buffer=1) as b,
+            hub.subscribe("room:b", max_buffer=2, overflow="drop_newest") as b_newest,
+            hub.subscribe("quiet:x"),
+        ):
+            for n in range(3):
+                await hub.publish("room:a", n)
+                await hub.publish("room:b", n)
+            assert hub.topic_stats("room:b") == TopicStats(
+                subscribers=2, messages=3, delivered=0, dropped=2 + 1, buffered=1 + 2
+            )
+            a.receive_nowait()  # a replayed message
+            b.receive_nowait()
+            b.receive_nowait()
+            stats = hub.stats()
+            assert (stats.replayed, stats.delivered) == (3 + 2, 3)
+            assert stats.dropped == {"drop_oldest": 2 + 2, "drop_newest": 1}
+            assert stats.topics["room"] == TopicStats(
+                subscribers=3, messages=11, delivered=3, dropped=5, buffered=1 + 1 + 2
+            )
+            assert stats.topics["quiet"] == TopicStats(subscribers=1)  # subscribed, never published
+            assert b_newest.buffered == 2
+        stats = hub.stats()  # all four closed: their final counts add up
+        assert (stats.replayed, stats.delivered, stats.subscriptions) == (5, 3, 0)
+        assert stats.topics["room"] == TopicStats(subscribers=0, messages=11, delivered=3, dropped=5)
+    after = figures()["topics"]["room"]  # the closed hub's per-label counters stay
+    before = start["topics"].get("room", {})
+    assert {key: after[key] - before.get(key, 0) for key in ("published", "delivered", "dropped")} == {
+        "published": 11,
+        "delivered": 3,
+        "dropped": 5,
+    }

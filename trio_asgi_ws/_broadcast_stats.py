@@ -234,23 +234,23 @@ def process_figures(open_stats: list[BroadcastStats], closed: ClosedHubs) -> Fig
 
 
 def merge_figures(parts: list[Figures], *, gauges: bool = True) -> Figures:
-    """The sum of several figures (processes, hubs); ``fullest`` is the largest, not a sum.
+    """The sum of several complete figures (processes, hubs); ``fullest`` is the largest.
 
     ``gauges=False`` leaves out the parts' gauges (a worker that has exited holds nothing now).
     """
     total = empty_figures()
     for part in parts:
         for name in _COUNTED:
-            total[name] += int(part.get(name, 0))
-        _add_into(total["dropped"], part.get("dropped", {}))
-        for label, topic in part.get("topics", {}).items():
+            total[name] += int(part[name])
+        _add_into(total["dropped"], part["dropped"])
+        for label, topic in part["topics"].items():
             into = total["topics"].setdefault(label, {})
             _add_into(into, {k: v for k, v in topic.items() if gauges or k != "subscriptions"})
         if gauges:
-            total["subscriptions"] += int(part.get("subscriptions", 0))
-            total["buffered"] += int(part.get("buffered", 0))
-            total["fullest"] = max(total["fullest"], float(part.get("fullest", 0.0)))
-            _add_into(total["hubs"], part.get("hubs", {}))
+            total["subscriptions"] += int(part["subscriptions"])
+            total["buffered"] += int(part["buffered"])
+            total["fullest"] = max(total["fullest"], float(part["fullest"]))
+            _add_into(total["hubs"], part["hubs"])
     return total
 
 
