@@ -117,6 +117,12 @@ async def test_the_process_figures_sum_open_hubs_and_keep_what_closed_hubs_count
                 assert (now["subscriptions"], now["buffered"], now["fullest"]) == (3, 1, 1 / 64)
                 assert now["hubs"] == {"connected": 2}
                 assert now["topics"]["rooms"]["subscriptions"] == 1
+                assert merge_figures([now, now])["buffered"] == 2  # two workers
+                retired = merge_figures([now], gauges=False)["topics"]["rooms"]  # an exited one
+                assert (
+                    "subscriptions" not in retired
+                    and retired["published"] == now["topics"]["rooms"]["published"]
+                )
                 assert (
                     now["topics"]["rooms"]["published"] - start["topics"].get("rooms", {}).get("published", 0)
                     == 3
