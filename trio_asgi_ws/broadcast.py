@@ -330,12 +330,8 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
 
         Does nothing once the subscription has ended (a delivery that began before it did).
         """
-        if self._ended:
+        if self._ended or self._replayed_already(message):
             return
-        if self._after is not None:  # just caught up from the history: is this one already in it?
-            if id_order(message.id) <= self._after:
-                return
-            self._after = None
         try:
             self._send.send_nowait(message)
         except trio.WouldBlock:
@@ -355,10 +351,8 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         If the subscription ends meanwhile the message is not delivered to it; if the publisher
         is cancelled meanwhile, neither (trio's memory channel takes the message back).
         """
-        if self._after is not None:
-            if id_order(message.id) <= self._after:
-                return
-            self._after = None
+        if self._replayed_already(message):
+            return
         try:
             self._send.send_nowait(message)
         except trio.WouldBlock:
@@ -369,6 +363,18 @@ class Subscription(trio.abc.ReceiveChannel[BroadcastMessage]):
         except trio.ClosedResourceError:
             return  # it ended while the publisher waited for another block subscriber
         self._note_peak()
+
+    def _replayed_already(self, message: BroadcastMessage) -> bool:
+        """Whether ``message`` is a late live copy of one the history gave (``_catch_up``).
+
+        The first newer message ends the check: a topic's live messages come in id order.
+        """
+        if self._after is None:
+            return False
+        if id_order(message.id) <= self._after:
+            return True
+        self._after = None
+        return False
 
     def _note_peak(self) -> None:
         self.peak_buffered = max(self.peak_buffered, self.buffered)
