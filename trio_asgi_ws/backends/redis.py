@@ -230,12 +230,11 @@ class RedisBackend:
             async with self._pubsub() as pubsub, trio.open_nursery() as nursery:
                 # Every topic wanted now is subscribed before the hub counts as connected, so
                 # that "connected" again after an outage means delivery has resumed.
-                subscribed = set(self._wanted)
-                for topic in subscribed:  # new subscribers wait for this connection's answer
+                for topic in self._wanted:  # new subscribers wait for this connection's answer
                     self._wanted[topic] = trio.Event()
-                self._unconfirmed = set(subscribed)
-                if subscribed:
-                    await pubsub.subscribe(*(self.channel(topic) for topic in subscribed))
+                self._unconfirmed = set(self._wanted)
+                subscribed: set[str] = set()
+                await self._apply_wanted(pubsub, subscribed)
                 if self.status == BroadcastStatus.RECONNECTING:
                     logger.warning("Redis reachable again at %s: broadcast resumed", self._url)
                 self._set_status(BroadcastStatus.CONNECTED)
@@ -254,27 +253,33 @@ class RedisBackend:
         return connected
 
     async def _follow_wanted(self, pubsub: Any, subscribed: set[str]) -> None:
-        """Subscribe ``pubsub`` to every wanted topic and no other, as the wanted set changes.
+        """Keep ``pubsub`` subscribed to every wanted topic and no other, as the set changes.
 
         Changes are applied in order, one command at a time, each awaited until Redis confirms
-        it; a topic wanted again while its unsubscription is under way is subscribed again, and
-        one let go and wanted again before this task ran stays subscribed (and is confirmed).
-        ``subscribed`` is what the connection is subscribed to already.
+        it; a topic wanted again while its unsubscription is under way is subscribed again.
         """
         while True:
-            self._wanted_changed = trio.Event()
-            to_add = [topic for topic in self._wanted if topic not in subscribed]
-            to_drop = [topic for topic in subscribed if topic not in self._wanted]
-            if to_add:
-                await pubsub.subscribe(*(self.channel(topic) for topic in to_add))
-                subscribed.update(to_add)
-            if to_drop:
-                await pubsub.unsubscribe(*(self.channel(topic) for topic in to_drop))
-                subscribed.difference_update(to_drop)
-            for topic in [topic for topic in self._unconfirmed if topic in subscribed]:
-                self._unconfirmed.discard(topic)
-                self._wanted[topic].set()
             await self._wanted_changed.wait()
+            await self._apply_wanted(pubsub, subscribed)
+
+    async def _apply_wanted(self, pubsub: Any, subscribed: set[str]) -> None:
+        """Subscribe ``pubsub`` to the wanted topics not in ``subscribed`` (what it is subscribed
+        to, updated here), unsubscribe it from the others, and confirm the topics' waiters.
+
+        A topic let go and wanted again since the last pass stays subscribed, and is confirmed.
+        """
+        self._wanted_changed = trio.Event()
+        to_add = [topic for topic in self._wanted if topic not in subscribed]
+        to_drop = [topic for topic in subscribed if topic not in self._wanted]
+        if to_add:
+            await pubsub.subscribe(*(self.channel(topic) for topic in to_add))
+            subscribed.update(to_add)
+        if to_drop:
+            await pubsub.unsubscribe(*(self.channel(topic) for topic in to_drop))
+            subscribed.difference_update(to_drop)
+        for topic in [topic for topic in self._unconfirmed if topic in subscribed]:
+            self._unconfirmed.discard(topic)
+            self._wanted[topic].set()
 
     async def _deliver_from(self, pubsub: Any, deliver: Deliver) -> None:
         while True:
