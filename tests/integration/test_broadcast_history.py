@@ -120,8 +120,10 @@ async def test_a_topic_without_history_recovers_only_when_nothing_was_missed(bac
         await hub.publish(topic, {"n": 1})
         async with hub.subscribe(topic, since=last.id) as late:
             assert late.recovered is False
-            with pytest.raises(trio.WouldBlock):
-                late.receive_nowait()
+            # Nothing comes from a history that keeps nothing.  (n=1 itself may still arrive
+            # live: Redis can deliver it to the hub's pub/sub connection before the hub's
+            # unsubscription from the last round reaches Redis.)
+            assert late.replayed == 0
 
 
 async def test_history_sizes_can_differ_by_topic(backend: Any) -> None:
