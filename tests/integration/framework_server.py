@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import trio
 import trio_websocket
 
@@ -97,3 +98,43 @@ async def next_event(events: trio_websocket.WebSocketConnection, route: str) -> 
         event: dict[str, Any] = json.loads(await events.get_message())
         if event.get("route") == route:
             return event
+
+
+# -- scenarios both framework integrations are tested with --------------------------------------
+
+
+async def measure_send_only_handler(server: CliServer, path: str) -> tuple[dict[str, object], float]:
+    """Connect to a send-only handler, leave, and return its report and how long it took."""
+    async with observing(server) as events:
+        with trio.fail_after(DEADLINE):
+            async with open_client(server.url(path)) as ws:
+                for _ in range(3):
+                    assert await ws.get_message() == "tick"
+            left = trio.current_time()  # the client's close handshake is done
+            event = await next_event(events, "ticker")
+        return event, trio.current_time() - left
+
+
+async def assert_plain_ticker_outlives_its_client(server: CliServer) -> None:
+    """The framework's own WebSocket at ``/plain-ticker``: its send-only handler goes on after
+    the client left (no report within a second)."""
+    async with observing(server) as events:
+        with trio.fail_after(DEADLINE):
+            async with open_client(server.url("/plain-ticker")) as ws:
+                for _ in range(3):
+                    assert await ws.get_message() == "tick"
+        with trio.move_on_after(1.0) as waited:
+            event = await next_event(events, "plain-ticker")
+            pytest.fail(f"the plain handler ended: {event}")
+        assert waited.cancelled_caught
+
+
+async def catches_reports(server: CliServer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Talk to ``/catches`` (a handler catching the framework's ``WebSocketDisconnect``), leave,
+    and return the handler's two reports (the clause the disconnect went through, then its end)."""
+    async with observing(server) as events:
+        with trio.fail_after(DEADLINE):
+            async with open_client(server.url("/catches")) as ws:
+                await ws.send_message("hi")
+                assert await ws.get_message() == "hi"
+            return await next_event(events, "catches"), await next_event(events, "catches")

@@ -15,8 +15,15 @@ from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from tests.integration.conftest import open_client
 from tests.integration.framework_apps import params
-from tests.integration.framework_server import DEADLINE, cli_server, next_event, observing
-from tests.integration.test_starlette_integration import measure_send_only_handler
+from tests.integration.framework_server import (
+    DEADLINE,
+    assert_plain_ticker_outlives_its_client,
+    catches_reports,
+    cli_server,
+    measure_send_only_handler,
+    next_event,
+    observing,
+)
 from trio_asgi_ws import WebSocket
 from trio_asgi_ws.integrations.fastapi import structured
 
@@ -70,26 +77,13 @@ async def test_send_only_endpoint_is_cancelled_when_its_client_leaves() -> None:
 
 
 async def test_control_fastapis_own_websocket_keeps_sending_after_its_client_left() -> None:
-    async with cli_server(TARGET) as server, observing(server) as events:
-        with trio.fail_after(DEADLINE):
-            async with open_client(server.url("/plain-ticker")) as ws:
-                for _ in range(3):
-                    assert await ws.get_message() == "tick"
-        with trio.move_on_after(1.0) as waited:
-            event = await next_event(events, "plain-ticker")
-            pytest.fail(f"the plain handler ended: {event}")
-        assert waited.cancelled_caught
+    async with cli_server(TARGET) as server:
+        await assert_plain_ticker_outlives_its_client(server)
 
 
 async def test_except_fastapi_websocketdisconnect_never_runs_and_the_block_ends_quietly() -> None:
     async with cli_server(TARGET) as server:
-        async with observing(server) as events:
-            with trio.fail_after(DEADLINE):
-                async with open_client(server.url("/catches")) as ws:
-                    await ws.send_message("hi")
-                    assert await ws.get_message() == "hi"
-                first = await next_event(events, "catches")
-                second = await next_event(events, "catches")
+        first, second = await catches_reports(server)
         assert first["clause"] == "passing through: trio_asgi_ws.exceptions.WebSocketDisconnect"
         assert second["clause"] == "finally"
         server.assert_no_errors()

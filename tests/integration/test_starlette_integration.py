@@ -18,7 +18,13 @@ from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from tests.integration.conftest import open_client
 from tests.integration.framework_apps import describe, starlette_app
-from tests.integration.framework_server import DEADLINE, CliServer, cli_server, next_event, observing
+from tests.integration.framework_server import (
+    DEADLINE,
+    assert_plain_ticker_outlives_its_client,
+    catches_reports,
+    cli_server,
+    measure_send_only_handler,
+)
 from trio_asgi_ws.integrations.starlette import StructuredEndpoint, WebSocketRoute
 
 TARGET = "tests.integration.framework_apps:starlette_app"
@@ -42,18 +48,6 @@ async def test_endpoint_gets_the_structured_websocket_with_starlettes_path_param
         server.assert_no_errors()
 
 
-async def measure_send_only_handler(server: CliServer, path: str) -> tuple[dict[str, object], float]:
-    """Connect to a send-only handler, leave, and return its report and how long it took."""
-    async with observing(server) as events:
-        with trio.fail_after(DEADLINE):
-            async with open_client(server.url(path)) as ws:
-                for _ in range(3):
-                    assert await ws.get_message() == "tick"
-            left = trio.current_time()  # the client's close handshake is done
-            event = await next_event(events, "ticker")
-        return event, trio.current_time() - left
-
-
 async def test_send_only_endpoint_is_cancelled_when_its_client_leaves() -> None:
     async with cli_server(TARGET) as server:
         event, after = await measure_send_only_handler(server, "/ticker")
@@ -67,26 +61,13 @@ async def test_send_only_endpoint_is_cancelled_when_its_client_leaves() -> None:
 async def test_control_starlettes_own_websocket_keeps_sending_after_its_client_left() -> None:
     """Why the test above needs the integration: the same handler on Starlette's own WebSocket
     under hypercorn sends into the void and never ends."""
-    async with cli_server(TARGET) as server, observing(server) as events:
-        with trio.fail_after(DEADLINE):
-            async with open_client(server.url("/plain-ticker")) as ws:
-                for _ in range(3):
-                    assert await ws.get_message() == "tick"
-        with trio.move_on_after(1.0) as waited:
-            event = await next_event(events, "plain-ticker")
-            pytest.fail(f"the plain handler ended: {event}")
-        assert waited.cancelled_caught
+    async with cli_server(TARGET) as server:
+        await assert_plain_ticker_outlives_its_client(server)
 
 
 async def test_except_starlette_websocketdisconnect_never_runs_and_the_block_ends_quietly() -> None:
     async with cli_server(TARGET) as server:
-        async with observing(server) as events:
-            with trio.fail_after(DEADLINE):
-                async with open_client(server.url("/catches")) as ws:
-                    await ws.send_message("hi")
-                    assert await ws.get_message() == "hi"
-                first = await next_event(events, "catches")
-                second = await next_event(events, "catches")
+        first, second = await catches_reports(server)
         assert first["clause"] == "passing through: trio_asgi_ws.exceptions.WebSocketDisconnect"
         assert second["clause"] == "finally"
         server.assert_no_errors()  # the disconnect ended the block: no 1011, nothing logged
